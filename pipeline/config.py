@@ -1,0 +1,301 @@
+"""``audit.yaml``, validated once at the boundary into frozen pydantic models.
+
+Every error names the file, the field path, the value and what was expected::
+
+    audit.yaml: models.1.source: unknown model source 'torchvison:resnet18' (expected one of
+    efficientnet-lite0, python:module:function, timm:<arch>, torchvision:<arch>)
+
+Relative paths resolve against the directory of the config file, so a config and its data can be
+moved together. The models are turned into :class:`workers.models.ModelSpec` here, by value, so
+they travel to Ray workers as plain picklable objects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MODEL_SOURCES = ("efficientnet-lite0", "torchvision", "timm", "python")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, the field and the problem."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+
+
+class FolderDataset(_Frozen):
+    """``root/<class>/<image>`` with an optional parallel ``masks/<class>/<image stem>.png``."""
+
+    format: Literal["folder"]
+    root: str
+    masks: str | None = None
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+    limit: int | None = Field(default=None, ge=1)
+
+
+class CocoDataset(_Frozen):
+    """COCO instances JSON (polygons, RLE or boxes).
+
+    ``label_categories`` lists the categories that can be an image's label; the label is the
+    largest (by area) or most frequent instance of those present (``label_rule``). Images with no
+    listed category are audited without a label unless ``skip_unlabelled``.
+    """
+
+    format: Literal["coco"]
+    annotations: str
+    images: str = "."
+    label_categories: tuple[str, ...] | None = None
+    label_rule: Literal["largest", "most"] = "largest"
+    skip_unlabelled: bool = False
+    limit: int | None = Field(default=None, ge=1)
+
+
+class VocDataset(_Frozen):
+    """Pascal VOC: ``Annotations/*.xml`` boxes with ``JPEGImages/``; label chosen like COCO's."""
+
+    format: Literal["voc"]
+    annotations: str
+    images: str
+    label_categories: tuple[str, ...] | None = None
+    label_rule: Literal["largest", "most"] = "largest"
+    skip_unlabelled: bool = False
+    limit: int | None = Field(default=None, ge=1)
+
+
+class ManifestDataset(_Frozen):
+    """CSV or Parquet with ``image``, ``label`` and optional ``mask``, ``bbox``, ``objects``, ``attributes``."""
+
+    format: Literal["manifest"]
+    path: str
+    root: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+
+DatasetConfig = Annotated[FolderDataset | CocoDataset | VocDataset | ManifestDataset, Field(discriminator="format")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class PreprocessConfig(_Frozen):
+    size: int | tuple[int, int] = 224
+    resize: Literal["resize", "resize_crop"] = "resize_crop"
+    crop_pct: float = Field(default=0.875, gt=0, le=1)
+    mean: Literal["imagenet"] | tuple[float, float, float] = "imagenet"
+    std: Literal["imagenet"] | tuple[float, float, float] = "imagenet"
+
+    def to_preprocess(self):  # -> workers.models.Preprocess (import deferred: keeps config torch-free)
+        from workers.models import Preprocess
+
+        size = (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
+        mean = IMAGENET_MEAN if self.mean == "imagenet" else tuple(self.mean)
+        std = IMAGENET_STD if self.std == "imagenet" else tuple(self.std)
+        return Preprocess(size=size, resize=self.resize, crop_pct=self.crop_pct, mean=mean, std=std)
+
+
+class ModelConfig(_Frozen):
+    """One model to audit. ``spec`` loads a model.yaml (as written by ``cueaudit train``) whose keys
+    this entry may override."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+    source: str
+    weights: str | None = None
+    num_classes: int | None = Field(default=None, ge=1)
+    classes: tuple[str, ...] | str | None = None
+    preprocess: PreprocessConfig | None = None
+    layer: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        kind, sep, arg = v.partition(":")
+        if kind not in MODEL_SOURCES:
+            raise ValueError(
+                f"unknown model source {v!r} (expected one of efficientnet-lite0, torchvision:<arch>, "
+                "timm:<arch>, python:module:function)"
+            )
+        if kind != "efficientnet-lite0" and not arg:
+            raise ValueError(f"source {v!r} needs a name after '{kind}:'")
+        return v
+
+    def to_spec(self, base: Path):  # -> workers.models.ModelSpec
+        from workers.models import ModelSpec, imagenet_classes
+
+        classes: tuple[str, ...] | None
+        if isinstance(self.classes, str):
+            if self.classes == "imagenet":
+                classes = imagenet_classes()
+            else:
+                p = _resolve(base, self.classes)
+                if not Path(p).is_file():
+                    raise ConfigError(f"models.{self.name}.classes: class-name file {p!r} does not exist")
+                classes = tuple(line.strip() for line in Path(p).read_text().splitlines() if line.strip())
+        else:
+            classes = self.classes
+        return ModelSpec(
+            name=self.name,
+            source=self.source,
+            weights=_resolve(base, self.weights) if self.weights else None,
+            num_classes=self.num_classes,
+            classes=classes,
+            preprocess=self.preprocess.to_preprocess() if self.preprocess else None,
+            kwargs=tuple(sorted(self.kwargs.items())),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The audit
+
+
+class CounterfactualConfig(_Frozen):
+    """Background swaps computed by the workers where object masks exist (Xiao et al. 2020).
+
+    ``fill``: the neutral background, ``mean`` = the model's normalisation mean (a zero input).
+    Mixed-Rand takes the background of an image of another class, Mixed-Same (the control) of an
+    image of the same class; donors are chosen deterministically from ``seed``.
+    """
+
+    enabled: bool = False
+    fill: Literal["mean", "gray", "black"] = "mean"
+    seed: int = 0
+
+
+class ExecutionConfig(_Frozen):
+    address: str | None = None
+    workers: int | None = Field(default=None, ge=1)
+    gpus_per_worker: float | None = Field(default=None, ge=0)
+    cpus_per_worker: float = Field(default=1, gt=0)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    autocast: Literal["none", "bf16", "fp16"] = "none"
+    decode: Literal["cpu", "device", "auto"] = "auto"
+    compile: bool = False
+    max_pixels: int = Field(default=178_956_970, ge=1)
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the embedded local Ray")
+
+
+class AuditConfig(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+    output: str
+    dataset: DatasetConfig
+    models: tuple[ModelConfig, ...] = Field(min_length=1)
+    target: Literal["predicted", "label"] = "predicted"
+    layer: str = "auto"
+    cam: str = "gradcam"
+    counterfactual: CounterfactualConfig = CounterfactualConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AuditConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, repeated: {dupes}")
+        return self
+
+
+class LoadedConfig:
+    """A validated config plus where it came from (for relative paths and the run record)."""
+
+    def __init__(self, config: AuditConfig, path: Path | None, raw: dict[str, Any]) -> None:
+        self.config = config
+        self.path = path
+        self.base = path.parent if path else Path.cwd()
+        self.raw = raw
+
+    def resolve(self, p: str | None) -> str | None:
+        return _resolve(self.base, p) if p else None
+
+    @property
+    def output(self) -> Path:
+        return Path(_resolve(self.base, self.config.output))
+
+    def model_specs(self) -> list[Any]:
+        return [m.to_spec(self.base) for m in self.config.models]
+
+    def layer_for(self, model: ModelConfig) -> str | None:
+        layer = model.layer or self.config.layer
+        return None if layer in (None, "auto") else layer
+
+
+def _resolve(base: Path, p: str) -> str:
+    p = os.path.expanduser(os.path.expandvars(p))
+    return str(Path(p) if os.path.isabs(p) else (base / p).resolve())
+
+
+def _merge_specs(raw: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
+    """Inline ``spec: model.yaml`` entries; keys given next to ``spec`` win. Paths in the spec file
+    are made absolute against the spec file's folder."""
+    models = raw.get("models")
+    if not isinstance(models, list):
+        return raw
+    out = []
+    for i, m in enumerate(models):
+        if isinstance(m, dict) and "spec" in m:
+            spec_path = Path(_resolve(base, str(m["spec"])))
+            if not spec_path.is_file():
+                raise ConfigError(f"{where}: models.{i}.spec: file {str(spec_path)!r} does not exist")
+            try:
+                spec = yaml.safe_load(spec_path.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{spec_path}: not valid YAML: {e}") from None
+            if not isinstance(spec, dict):
+                raise ConfigError(f"{spec_path}: a model spec must be a mapping")
+            for key in ("weights", "classes"):
+                if isinstance(spec.get(key), str) and spec[key] != "imagenet":
+                    spec[key] = _resolve(spec_path.parent, spec[key])
+            merged = {**spec, **{k: v for k, v in m.items() if k != "spec"}}
+            out.append(merged)
+        else:
+            out.append(m)
+    return {**raw, "models": out}
+
+
+def format_validation_error(e: ValidationError, where: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"{where}: {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], path: Path | None = None) -> LoadedConfig:
+    where = str(path) if path else "<config>"
+    base = path.parent if path else Path.cwd()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the config must be a YAML mapping, got {type(raw).__name__}")
+    merged = _merge_specs(raw, base, where)
+    try:
+        cfg = AuditConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where)) from None
+    return LoadedConfig(cfg, path, raw)
+
+
+def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
+    p = Path(path).resolve()
+    if not p.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_config(raw, p)

