@@ -1,0 +1,111 @@
+"""prepare -> Scorer -> result table, without Ray: the worker's whole job on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.collect import worker_table
+from pipeline.schema import RESULT_SCHEMA
+from workers.annotations import ObjectAnn, dumps
+from workers.models import ModelSpec, Preprocess
+from workers.prepare import PrepareOptions, prepare_batch
+from workers.score import RESULT_KEYS, ScoreOptions, Scorer
+
+PRE = Preprocess(size=(32, 32), resize="resize", crop_pct=1.0)
+SPEC = ModelSpec(name="tiny", source="python:tests.factories:tiny_cnn", num_classes=3, classes=("a", "b", "c"),
+                 preprocess=PRE)
+
+
+def _manifest(tmp_path, rows):
+    cols = {k: [] for k in ("image_id", "path", "label", "objects", "attributes", "dataset_root", "error")}
+    for r in rows:
+        for k in cols:
+            cols[k].append(r.get(k))
+    return {k: np.array(v, dtype=object) for k, v in cols.items()}
+
+
+@pytest.fixture()
+def batch(tmp_path):
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.png"
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(good)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    objs = dumps([ObjectAnn("a", bbox=(0, 0, 20, 20)), ObjectAnn("c", bbox=(20, 20, 20, 20))])
+    rows = [
+        {"image_id": "good", "path": str(good), "label": "a", "objects": objs, "attributes": '{"bg": "red"}'},
+        {"image_id": "nolabel", "path": str(good), "label": None, "objects": None},
+        {"image_id": "unknown", "path": str(good), "label": "zebra", "objects": None},
+        {"image_id": "broken", "path": str(tmp_path / "broken.png"), "label": "a", "objects": None},
+        {"image_id": "badann", "path": str(good), "label": "a", "objects": None, "error": "row 5: bad JSON"},
+    ]
+    return _manifest(tmp_path, rows)
+
+
+def test_prepare_then_score(batch):
+    prepared = prepare_batch(batch, PrepareOptions(PRE))
+    assert prepared["pixels"].shape == (5, 32, 32, 3)
+    assert prepared["error_kind"][3] in ("corrupt", "truncated", "not_an_image")
+    assert json.loads(prepared["mask_names"][0]) == ["a", "c"]
+    scorer = Scorer(SPEC, ScoreOptions())
+    out = scorer(prepared)
+    assert set(out) == set(RESULT_KEYS)
+    assert out["error"][0] is None and out["error"][1] is None
+    assert out["error_kind"][2] == "unknown_label" and "zebra" in out["error"][2]
+    assert out["error_kind"][4] == "annotation"
+    # shares of the good image partition the map's mass
+    others = json.loads(out["other_shares"][0])
+    total = out["object_share"][0] + out["background_share"][0] + sum(others.values())
+    assert total == pytest.approx(1.0, abs=1e-4)
+    assert out["object_area"][0] == pytest.approx(0.25, abs=0.01)
+    assert np.isnan(out["object_share"][1]) and out["metric_note"][1] == "no_object_mask"
+    assert np.isnan(out["correct"][1]) and out["correct"][0] in (0.0, 1.0)
+    t = worker_table(out, run_id="r", model="tiny", fingerprint="f", dataset_root="/d")
+    assert t.schema == RESULT_SCHEMA and t.num_rows == 5
+    row = t.to_pylist()[0]
+    assert len(row["cam"]) == row["cam_h"] * row["cam_w"] == 64
+    assert row["view_box"] == [0, 0, 40, 40] and row["image_w"] == 40
+    assert dict(row["attributes"]) == {"bg": "red"}
+    assert t.column("cam").null_count == 3 and t.column("error").null_count == 2
+
+
+def test_target_label_uses_the_label_and_needs_one(batch):
+    prepared = prepare_batch(batch, PrepareOptions(PRE))
+    out = Scorer(SPEC, ScoreOptions(target="label"))(prepared)
+    assert out["target"][0] == "a"
+    assert out["error_kind"][1] == "no_label"
+
+
+def test_scores_do_not_depend_on_the_batch(batch):
+    prepared = prepare_batch(batch, PrepareOptions(PRE))
+    scorer = Scorer(SPEC, ScoreOptions())
+    full = scorer(prepared)
+    one = scorer({k: v[:1] for k, v in prepared.items()})
+    assert one["object_share"][0] == pytest.approx(full["object_share"][0], abs=1e-6)
+    assert np.frombuffer(one["cam"][0], np.float32) == pytest.approx(np.frombuffer(full["cam"][0], np.float32), abs=1e-6)
+
+
+def test_counterfactuals_fill_rand_same(tmp_path):
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    obj = lambda lab: dumps([ObjectAnn(lab, bbox=(8, 8, 16, 16))])  # noqa: E731
+    b = _manifest(tmp_path, [{"image_id": "0", "path": paths[0], "label": "a", "objects": obj("a")}])
+    b.update({
+        "cf_rand_id": np.array(["1"], object), "cf_rand_path": np.array([paths[1]], object),
+        "cf_rand_label": np.array(["b"], object), "cf_rand_objects": np.array([obj("b")], object),
+        "cf_same_id": np.array(["2"], object), "cf_same_path": np.array([paths[2]], object),
+        "cf_same_label": np.array(["a"], object), "cf_same_objects": np.array([obj("a")], object),
+    })
+    prepared = prepare_batch(b, PrepareOptions(PRE))
+    assert prepared["cf_rand_ok"][0] and prepared["cf_same_ok"][0]
+    out = Scorer(SPEC, ScoreOptions(counterfactual=True))(prepared)
+    for k in ("fill", "rand", "same"):
+        assert out[f"cf_{k}_pred"][0] in ("a", "b", "c") and 0 <= out[f"cf_{k}_score"][0] <= 1
+    assert out["cf_rand_donor"][0] == "1" and out["cf_same_donor"][0] == "2"
