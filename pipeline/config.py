@@ -99,7 +99,7 @@ class PreprocessConfig(_Frozen):
     std: Literal["imagenet"] | tuple[float, float, float] = "imagenet"
 
     def to_preprocess(self):  # -> workers.models.Preprocess (import deferred: keeps config torch-free)
-        from workers.models import Preprocess
+        from workers.preprocess import Preprocess
 
         size = (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
         mean = IMAGENET_MEAN if self.mean == "imagenet" else tuple(self.mean)
@@ -187,6 +187,8 @@ class ExecutionConfig(_Frozen):
     compile: bool = False
     max_pixels: int = Field(default=178_956_970, ge=1)
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the embedded local Ray")
+    flush_rows: int = Field(default=4096, ge=1, description="rows per committed Parquet part (what a crash can lose)")
+    flush_seconds: float = Field(default=20.0, gt=0, description="commit a part at least this often")
 
 
 class AuditConfig(_Frozen):
@@ -299,3 +301,111 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     return parse_config(raw, p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gate policy (gate.yaml)
+
+
+class CheckPolicy(_Frozen):
+    """One check's condition: severity and the warn/fail thresholds on its statistic.
+
+    A check flags only when the whole confidence interval of its statistic lies beyond a
+    threshold and the evidence has at least ``min_n`` images (else SKIP).
+    """
+
+    enabled: bool = True
+    severity: Literal["fail", "warn"] = "fail"
+    warn: float
+    fail: float
+    min_n: int | None = Field(default=None, ge=1)
+
+
+class BackgroundReliancePolicy(CheckPolicy):
+    """Chance-corrected object score (object_lift); flags when it is clearly *below* the thresholds.
+    With maps too coarse for the objects (median object covers < ``min_object_cells`` feature
+    cells) the verdict is capped at WARN: a finer layer is needed to tell object from context."""
+
+    warn: float = 0.20
+    fail: float = 0.10
+    min_object_cells: float = Field(default=2.0, ge=0)
+
+
+class BackgroundColourPolicy(CheckPolicy):
+    """Accuracy gap between background-colour-aligned and -conflicting images (above = worse).
+    Skipped when the colour predicts the label less than ``min_cue_strength`` above chance."""
+
+    warn: float = 0.10
+    fail: float = 0.20
+    min_cue_strength: float = Field(default=0.10, ge=0)
+
+
+class CooccurrencePolicy(CheckPolicy):
+    """Accuracy gap between images whose co-occurring objects agree with the label and those where
+    they signal another class (above = worse)."""
+
+    warn: float = 0.10
+    fail: float = 0.20
+
+
+class CounterfactualPolicy(CheckPolicy):
+    """BG-Gap: accuracy with a same-class background minus with another class's (above = worse)."""
+
+    warn: float = 0.10
+    fail: float = 0.20
+
+
+class AttributePolicy(CheckPolicy):
+    """Worst-group gap over dataset attributes: the rest's accuracy minus the worst (label, value)
+    group's (above = worse). ``attributes`` limits which attribute keys count (default: all with
+    2-20 values)."""
+
+    warn: float = 0.10
+    fail: float = 0.20
+    attributes: tuple[str, ...] | None = None
+
+
+class RegressionPolicy(CheckPolicy):
+    """Drop against a baseline run of object_lift and of accuracy, paired on shared images (above = worse)."""
+
+    warn: float = 0.03
+    fail: float = 0.05
+
+
+class ChecksPolicy(_Frozen):
+    background_reliance: BackgroundReliancePolicy = BackgroundReliancePolicy()
+    background_colour_cue: BackgroundColourPolicy = BackgroundColourPolicy()
+    cooccurrence_cue: CooccurrencePolicy = CooccurrencePolicy()
+    counterfactual_flip: CounterfactualPolicy = CounterfactualPolicy()
+    attribute_gap: AttributePolicy = AttributePolicy()
+    regression: RegressionPolicy = RegressionPolicy()
+
+
+class GatePolicy(_Frozen):
+    """gate.yaml: statistics settings plus one condition per check (all keys optional)."""
+
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    bootstrap: int = Field(default=1000, ge=100, le=100_000)
+    seed: int = 0
+    min_n: int = Field(default=20, ge=1)
+    require_evidence: bool = False
+    checks: ChecksPolicy = ChecksPolicy()
+
+
+def load_policy(path: str | os.PathLike[str] | None) -> GatePolicy:
+    """The default policy, or a gate.yaml overriding any of its keys."""
+    if path is None:
+        return GatePolicy()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"policy file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the policy must be a YAML mapping")
+    try:
+        return GatePolicy.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(p))) from None

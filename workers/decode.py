@@ -35,7 +35,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from workers.annotations import ObjectAnn
 from workers.geometry import Geometry
-from workers.models import Preprocess
+from workers.rle import check_runs, rle_counts, rle_size
+from workers.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -395,60 +396,29 @@ def _polygon_mask(rings: tuple[tuple[float, ...], ...], geom: Geometry, where: s
     return out
 
 
-def _rle_string_counts(s: bytes) -> list[int]:
-    """Run lengths of a COCO compressed RLE string (the decoder of pycocotools' ``rleFrString``)."""
-    counts: list[int] = []
-    p, n = 0, len(s)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise ValueError("string ends inside a run length")
-            c = s[p] - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"invalid character {chr(s[p])!r} at offset {p}")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
 def _rle_mask(rle: dict[str, Any], geom: Geometry, where: str) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
-    size, counts = rle.get("size"), rle.get("counts")
-    if not (isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(v, int) for v in size)):
-        raise MaskError("annotation", f"{where}: RLE 'size' must be [height, width], got {size!r}")
-    h, w = size
+    try:
+        h, w = rle_size(rle)
+    except ValueError as e:
+        raise MaskError("annotation", f"{where}: {e}") from None
     if (h, w) != (geom.src_h, geom.src_w):
         raise MaskError(
             "mask_size",
             f"{where}: RLE size [h, w] = {[h, w]} does not match the image's displayed size "
             f"{[geom.src_h, geom.src_w]}",
         )
+    counts = rle.get("counts")
     try:
-        if isinstance(counts, list):
-            runs = [int(c) for c in counts]
-            coded = mask_utils.frPyObjects({"size": [h, w], "counts": runs}, h, w)
-        elif isinstance(counts, str | bytes):
-            raw = counts.encode("ascii") if isinstance(counts, str) else counts
-            runs = _rle_string_counts(raw)
-            coded = {"size": [h, w], "counts": raw}
-        else:
-            kind = type(counts).__name__
-            raise ValueError(f"'counts' must be a list of ints or a compressed string, got {kind}")
+        runs = rle_counts(counts)  # type: ignore[arg-type]
+        check_runs(runs, h, w)  # pycocotools writes runs without bounds checks
     except (ValueError, TypeError, UnicodeEncodeError) as e:
         raise MaskError("annotation", f"{where}: RLE cannot be parsed: {e}") from None
-    # pycocotools writes runs without bounds checks; a bad total would overrun its buffer.
-    if min(runs, default=0) < 0 or sum(runs) != h * w:
-        problem = f"{where}: RLE runs sum to {sum(runs)} (or go negative), expected h*w = {h * w}"
-        raise MaskError("annotation", problem)
+    if isinstance(counts, list):
+        coded = mask_utils.frPyObjects({"size": [h, w], "counts": runs}, h, w)
+    else:
+        coded = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     with warnings.catch_warnings():
         # pycocotools' Cython arrays predate numpy 2's __array__(copy=) protocol; harmless, upstream
         # unmaintained (see https://github.com/luxonis/luxonis-ml/pull/261).

@@ -29,48 +29,20 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from workers.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - re-exported
 from workers.registry import Registry
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ModelLoadError(ValueError):
     """A model that cannot be built or whose weights do not fit (names the file and the mismatch)."""
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes the model's input tensor.
-
-    ``resize="resize"`` squashes the whole image to ``size``; ``"resize_crop"`` resizes the shorter
-    side to ``size / crop_pct`` and takes the centre ``size`` crop (timm's convention). Pixels are
-    then scaled to [0, 1] and normalised with ``(x - mean) / std``. The same geometry is applied to
-    masks and boxes (see :mod:`workers.geometry`).
-    """
-
-    size: tuple[int, int] = (224, 224)
-    resize: Literal["resize", "resize_crop"] = "resize_crop"
-    crop_pct: float = 0.875
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __post_init__(self) -> None:
-        if len(self.size) != 2 or min(self.size) < 1:
-            raise ValueError(f"preprocess.size must be (height, width) of positive ints, got {self.size!r}")
-        if self.resize not in ("resize", "resize_crop"):
-            raise ValueError(f"preprocess.resize must be 'resize' or 'resize_crop', got {self.resize!r}")
-        if not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"preprocess.crop_pct must be in (0, 1], got {self.crop_pct!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"preprocess.mean/std need 3 values (std > 0), got {self.mean!r} / {self.std!r}")
 
 
 @dataclass(frozen=True)
@@ -352,7 +324,10 @@ def spec_fingerprint(spec: ModelSpec) -> str:
             raise ModelLoadError(f"model {spec.name!r}: weights file {weights!r} does not exist")
         parts["weights_sha256"] = file_sha256(weights)
     if spec.kind == "python":
-        origin = importlib.util.find_spec(arg.partition(":")[0])
+        try:
+            origin = importlib.util.find_spec(arg.partition(":")[0])
+        except ImportError as e:
+            raise ModelLoadError(f"model {spec.name!r}: cannot import {arg.partition(':')[0]!r}: {e}") from None
         if origin is not None and origin.origin and os.path.isfile(origin.origin):
             parts["factory_sha256"] = file_sha256(origin.origin)
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

@@ -26,7 +26,7 @@ import numpy as np
 
 from workers.annotations import AnnotationError, loads
 from workers.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, rasterize
-from workers.models import Preprocess
+from workers.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
