@@ -1,0 +1,1 @@
+"""Performance measurements, run by ``make bench`` and never by ``make test``."""
