@@ -145,9 +145,96 @@ def report(
     print_report(verdict, console)
 
 
+@app.command("dataset-report")
+def dataset_report(
+    config: Annotated[Path, typer.Argument(help="audit.yaml (only its dataset section is used)")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    limit: Annotated[int | None, typer.Option(help="look at the first N images only")] = None,
+) -> None:
+    """The cues the DATASET offers before any model: colour/label association, co-occurrence, object layout."""
+    from pipeline.config import ConfigError, load_config
+    from pipeline.dataset_report import build_report, print_dataset_report, write_json
+    from pipeline.readers import ReaderError, read_manifest
+
+    try:
+        loaded = load_config(config)
+        manifest = read_manifest(loaded.config.dataset, loaded.base)
+    except (ConfigError, ReaderError) as e:
+        _fail(str(e))
+        return
+    if limit:
+        manifest = manifest.slice(0, limit)
+    r = build_report(manifest)
+    print_dataset_report(r, console)
+    if json_out:
+        write_json(r, json_out)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="output directory")],
+    cue: Annotated[str, typer.Option(help="background | cooccur | watermark")] = "background",
+    n: Annotated[int, typer.Option(help="number of images")] = 600,
+    correlation: Annotated[float, typer.Option(help="P(cue matches the label); 1/classes = independent")] = 0.6,
+    size: Annotated[int, typer.Option(help="image side in pixels")] = 64,
+    seed: Annotated[int, typer.Option()] = 0,
+    split: Annotated[str, typer.Option(help="name prefix of the images (train, audit, ...)")] = "audit",
+    image_format: Annotated[str, typer.Option("--format", help="png | jpg")] = "png",
+) -> None:
+    """Write a synthetic dataset with a known spurious cue and exact masks / COCO annotations."""
+    from pipeline.synth import CUES, SynthConfig, SynthError, generate
+
+    if cue not in CUES:
+        _fail(f"unknown cue {cue!r}; valid: {', '.join(CUES.names())}")
+    try:
+        path = generate(out, SynthConfig(cue=cue, n=n, correlation=correlation, size=size, seed=seed, split=split,
+                                         image_format=image_format))
+    except (SynthError, ValueError) as e:
+        _fail(str(e))
+        return
+    console.print(f"wrote {n} images with a {cue} cue (correlation {correlation}) to {path}: "
+                  "images/, masks/, coco.json, manifest.csv")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="dataset directory with images/<class>/ (e.g. from `cueaudit synth`)")],
+    out: Annotated[Path, typer.Argument(help="where model.pt, model.yaml and train.json go")],
+    epochs: Annotated[int, typer.Option()] = 8,
+    seed: Annotated[int, typer.Option()] = 0,
+    lr: Annotated[float, typer.Option()] = 3e-3,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    size: Annotated[int, typer.Option(help="input side in pixels")] = 64,
+) -> None:
+    """Train the small benchmark CNN on DATA on the CPU; writes a model.yaml an audit config can use."""
+    from pipeline.train import TrainError
+    from pipeline.train import train as train_model
+
+    try:
+        res = train_model(data, out, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, size=size)
+    except (TrainError, ValueError, OSError) as e:
+        _fail(str(e))
+        return
+    console.print(f"trained in {res.wall_s:.0f} s, train accuracy {res.train_acc:.1%}; spec: {res.spec_path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="results directory")] = Path("demo-results"),
+    work: Annotated[Path, typer.Option(help="cache for datasets, trained models and configs")] = Path(".cueaudit/demo"),
+    quick: Annotated[bool, typer.Option(help="smaller audit sets (for tests)")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray address (default: a local Ray)")] = None,
+) -> None:
+    """Synthetic cue datasets + real photos -> train biased/fair models -> audit on Ray -> verdicts."""
+    from pipeline.demo import run_demo
+
+    _setup_logging(False)
+    run_demo(out=out, work=work, quick=quick, address=address, console=console)
+
+
 @app.command("list")
 def list_(
-    what: Annotated[str, typer.Argument(help="sources | cams | readers | checks | cues")] = "all",
+    what: Annotated[str, typer.Argument(help="sources | cams | readers | checks | cues | all")] = "all",
 ) -> None:
     """List the registered extensions (model sources, CAM methods, dataset readers, checks)."""
     groups: dict[str, Any] = {}
@@ -167,8 +254,12 @@ def list_(
         from pipeline.analysis.checks import CHECKS
 
         groups["checks"] = CHECKS.names()
+    if what in ("all", "cues"):
+        from pipeline.synth import CUES
+
+        groups["synthetic cues"] = CUES.names()
     if not groups:
-        _fail(f"unknown list {what!r}; choose sources, cams, readers, or all")
+        _fail(f"unknown list {what!r}; choose sources, cams, readers, checks, cues, or all")
     for title, names in groups.items():
         console.print(f"[bold]{title}[/]: " + ", ".join(names))
 
@@ -179,6 +270,46 @@ def schema() -> None:
     from pipeline.schema import describe_markdown
 
     console.print(describe_markdown(), markup=False, highlight=False)
+
+
+@app.command()
+def dashboard(
+    results: Annotated[Path, typer.Argument(help="results directory written by `cueaudit run`")],
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 8501,
+    host: Annotated[str, typer.Option(help="address to bind (0.0.0.0: other machines too)")] = "127.0.0.1",
+    policy: Annotated[Path | None, typer.Option(help="gate.yaml for the verdicts (default built-in)")] = None,
+) -> None:
+    """Browse RESULTS in the Streamlit dashboard (needs the `dashboard` extra); runs until interrupted."""
+    import importlib.util
+
+    from pipeline.schema import is_results_dir
+
+    if not results.exists():
+        _fail(f"results directory {str(results)!r} does not exist")
+    if not is_results_dir(results):
+        _fail(f"{str(results)!r} is not a cueaudit results directory (no model=*/ part files, no _runs/); "
+              "write one with `cueaudit run audit.yaml`")
+    if policy is not None and not policy.is_file():
+        _fail(f"policy file {str(policy)!r} does not exist")
+    dash = importlib.util.find_spec("dashboard")  # locates the app file without importing Streamlit
+    if importlib.util.find_spec("streamlit") is None or dash is None or not dash.submodule_search_locations:
+        _fail("the dashboard needs Streamlit: pip install 'cueaudit[dashboard]'")
+        return
+    pkg = Path(next(iter(dash.submodule_search_locations)))
+    app_path = pkg / "app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.port", str(port),
+           "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--", str(results.resolve())]
+    if policy is not None:
+        cmd += ["--policy", str(policy.resolve())]
+    # Streamlit puts the app's own folder first on sys.path; make sure `dashboard` resolves to this package
+    # (an editable install made before dashboard/__init__.py existed maps it as a namespace package).
+    path = [str(pkg.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    console.print(f"cueaudit dashboard: http://{host}:{port}  (results {results.resolve()})")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, env)  # Streamlit replaces this process: signals reach the server directly
 
 
 def main() -> None:
