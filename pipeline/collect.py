@@ -56,7 +56,8 @@ def _cam_array(blobs: np.ndarray) -> pa.Array:
 
 def worker_table(batch: Mapping[str, Any], *, run_id: str, model: str, fingerprint: str,
                  dataset_root: str | None = None) -> pa.Table:
-    """One batch of :class:`workers.score.Scorer` output as a table with the result schema."""
+    """One batch of :class:`workers.score.Scorer` output as a table with the result schema
+    (``_t_*`` timing columns are not part of it; see :func:`timings`)."""
     n = len(batch["image_id"])
     cols: dict[str, Any] = {
         "run_id": [run_id] * n,
@@ -97,3 +98,8 @@ def worker_table(batch: Mapping[str, Any], *, run_id: str, model: str, fingerpri
         ms = np.asarray(batch["scored_at"]).astype(np.int64)
         cols["scored_at"] = pa.array(ms, type=pa.int64()).cast(pa.timestamp("ms")).cast(pa.timestamp("ms", tz="UTC"))
     return conform(cols, n)
+
+
+def timings(batch: Mapping[str, Any]) -> dict[str, float]:
+    """Seconds spent on this batch per stage (``_t_prepare``, ``_t_score``), summed over its rows."""
+    return {k[3:]: float(np.sum(batch[k])) for k in batch if k.startswith("_t_")}

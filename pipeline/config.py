@@ -182,8 +182,8 @@ class ExecutionConfig(_Frozen):
     cpus_per_worker: float = Field(default=1, gt=0)
     batch_size: int = Field(default=32, ge=1, le=4096)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    autocast: Literal["none", "bf16", "fp16"] = "none"
-    decode: Literal["cpu", "device", "auto"] = "auto"
+    autocast: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
+    decode: Literal["cpu", "device", "auto"] = "auto"  # auto: JPEGs decoded on the GPU when actors have one
     compile: bool = False
     max_pixels: int = Field(default=178_956_970, ge=1)
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the embedded local Ray")

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.collect import worker_table
+from pipeline.collect import timings, worker_table
 from pipeline.config import LoadedConfig
 from pipeline.donors import assign_donors
 from pipeline.readers import read_manifest
@@ -244,7 +244,9 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
     _, _, preprocess, _ = resolve_spec(plan.spec)
     bs = cfg.execution.batch_size
     ds = ray.data.from_arrow(_blocks(table, max(64, bs * BLOCK_ROWS_PER_BATCH)))
-    ds = ds.map_batches(prepare_batch, fn_kwargs={"opts": PrepareOptions(preprocess, cfg.execution.max_pixels)},
+    device_decode = cfg.execution.decode == "device" or (cfg.execution.decode == "auto" and res["gpus"] > 0)
+    popts = PrepareOptions(preprocess, cfg.execution.max_pixels, device_decode=device_decode)
+    ds = ds.map_batches(prepare_batch, fn_kwargs={"opts": popts},
                         batch_size=bs, batch_format="numpy", num_cpus=res["prepare_cpus"])
     # Ray Data restarts a killed actor and retries its batch (max_restarts=-1 by default).
     ds = ds.map_batches(AuditActor, fn_constructor_kwargs={"spec": plan.spec, "opts": plan.opts, "threads": res["threads"]},
@@ -255,11 +257,18 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
     pending: list[pa.Table] = []
     last_flush = time.time()
 
+    secs = mrun.seconds
+    t_start = time.time()
+
     def flush() -> None:
         nonlocal pending, last_flush
         if pending:
+            t = time.perf_counter()
             writer.write(pa.concat_tables(pending))
+            secs["write"] = secs.get("write", 0.0) + time.perf_counter() - t
             pending = []
+            record.updated_at = datetime.now(UTC).isoformat()
+            write_run(out, record)  # heartbeat + counts: a killed run shows how far it got
         last_flush = time.time()
 
     bar = _progress(console, progress, plan.name, table.num_rows)
@@ -267,6 +276,8 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
         with bar as p:
             task = p.add_task(plan.name, total=table.num_rows) if p else None
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+                for k, v in timings(batch).items():
+                    secs[k] = secs.get(k, 0.0) + v
                 t = worker_table(batch, run_id=run_id, model=plan.name, fingerprint=plan.fingerprint)
                 pending.append(t)
                 mrun.scored += t.num_rows
@@ -284,6 +295,7 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
         cause = getattr(e, "cause", None) or e
         raise RunError(f"model {plan.name!r} failed: {type(cause).__name__}: {cause}") from e
     flush()
+    secs["wall"] = time.time() - t_start
 
 
 class _NoBar:

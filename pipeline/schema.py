@@ -224,6 +224,7 @@ class ModelRun:
     skipped: int = 0
     scored: int = 0
     errors: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # prepare / score (worker CPU or GPU time), write, wall
 
 
 @dataclass
@@ -235,6 +236,7 @@ class RunRecord:
     started_at: str
     status: str = "running"  # running -> finished | failed; a killed run stays "running"
     finished_at: str | None = None
+    updated_at: str | None = None  # heartbeat: rewritten with every committed part
     config: dict[str, Any] = field(default_factory=dict)
     dataset_roots: list[str] = field(default_factory=list)
     images: int = 0
@@ -304,6 +306,7 @@ def read_results(
     models: Sequence[str] | None = None,
     as_of: str | None = None,
     current_only: bool = True,
+    filter: pc.Expression | None = None,  # noqa: A002 - pyarrow's own name for it
 ) -> pa.Table:
     """The results as a table: one row per (model, image), the latest scoring of each.
 
@@ -311,6 +314,8 @@ def read_results(
     saw. ``current_only`` keeps, per model, only rows with the fingerprint of that model's latest
     run (older fingerprints are kept on disk for baselines but are not "the model" any more).
     Duplicates (an image scored twice, e.g. by a retried task) are resolved to the newest row.
+    ``filter`` (a pyarrow expression, e.g. ``pc.field("image_id").isin(ids)``) is pushed down into
+    the scan, so fetching the CAMs of a page of images reads only those rows.
     """
     want = list(columns) if columns else list(COLUMN_NAMES)
     need = list(dict.fromkeys([*want, "model", "image_id", "run_id", "model_fingerprint", "scored_at"]))
@@ -318,9 +323,10 @@ def read_results(
     if unknown:
         raise ResultsError(f"unknown result columns {sorted(unknown)}; see pipeline.schema.COLUMNS")
     dataset = scan(root, models)
-    flt = None
+    flt = filter
     if as_of is not None:
-        flt = pc.field("run_id") <= pc.scalar(as_of)
+        by_run = pc.field("run_id") <= pc.scalar(as_of)
+        flt = by_run if flt is None else flt & by_run
     table = dataset.to_table(columns=need, filter=flt)
     if current_only and table.num_rows:
         table = _current_fingerprints(root, table, as_of)

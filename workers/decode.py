@@ -329,6 +329,22 @@ def load_for_model(
     return pixels, geom
 
 
+def probe_jpeg(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytes, Geometry] | None:
+    """The raw bytes and displayed geometry of a plain JPEG (RGB or grayscale), for decoding on the
+    GPU; None for anything else (CMYK, PNG, ...), which the CPU path decodes. Only the header is
+    parsed here, with the same size guard as :func:`open_image`; a corrupt body surfaces at decode."""
+    path = os.fspath(path)
+    with _pil_warnings(path):
+        im = _open(path, max_pixels)
+        with im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+                return None
+            orientation = _orientation(im, path)
+            geom, _ = _plan(im.size[0], im.size[1], orientation, pre)
+    with open(path, "rb") as f:
+        return f.read(), geom
+
+
 def _plan(stored_w: int, stored_h: int, orientation: int, pre: Preprocess) -> tuple[Geometry, Geometry]:
     shown_w, shown_h = (stored_h, stored_w) if orientation >= 5 else (stored_w, stored_h)
     geom = Geometry.plan(shown_w, shown_h, pre)

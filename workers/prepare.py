@@ -10,6 +10,7 @@ Output columns (all of length N):
 - ``masks``: bytes of K soft masks (K, H, W) uint8 (0..255), the target first when present;
 - ``mask_names``: JSON list of the K categories; ``has_target``: whether mask 0 is the target;
 - ``geometry``: JSON of the :class:`workers.geometry.Geometry` (source size + view box);
+- ``encoded`` (only with ``device_decode``): JPEG bytes the actor decodes on its GPU, else None;
 - ``cf_rand_bg`` / ``cf_same_bg`` (N, H, W, 3) uint8 donor backgrounds with the donor's own object
   painted over by its mean background colour, plus ``cf_rand_ok`` / ``cf_same_ok`` (only when the
   batch carries donor columns, i.e. counterfactuals are on).
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from workers.annotations import AnnotationError, loads
-from workers.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, rasterize
+from workers.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
 from workers.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 class PrepareOptions:
     preprocess: Preprocess
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Plain JPEGs travel as bytes and are decoded by the actor on its GPU (nvJPEG); the rest here.
+    device_decode: bool = False
 
 
 @dataclass
@@ -44,15 +48,27 @@ class Prepared:
     names: list[str]
     has_target: bool
     geometry: dict[str, Any]
+    encoded: bytes | None = None  # JPEG bytes to decode on the device (then pixels are zeros)
 
 
-def prepare_one(path: str, label: str | None, objects_json: str | None, opts: PrepareOptions) -> Prepared:
-    """Decode one image and rasterise its annotations through the same geometry. Raises ImageError."""
+def prepare_one(path: str, label: str | None, objects_json: str | None, opts: PrepareOptions,
+                device_decode: bool = False) -> Prepared:
+    """Decode one image and rasterise its annotations through the same geometry. Raises ImageError.
+
+    With ``device_decode`` a plain JPEG is not decoded here: ``encoded`` carries its bytes and
+    ``pixels`` stays empty for the actor to fill on its device.
+    """
     try:
         objects = loads(objects_json)
     except AnnotationError as e:
         raise MaskError("annotation", f"annotations of {path}: {e}", path) from None
-    pixels, geom = load_for_model(path, opts.preprocess, max_pixels=opts.max_pixels)
+    probed = probe_jpeg(path, opts.preprocess, opts.max_pixels) if device_decode else None
+    if probed is not None:
+        encoded, geom = probed
+        pixels = np.zeros((*opts.preprocess.size, 3), np.uint8)
+    else:
+        encoded = None
+        pixels, geom = load_for_model(path, opts.preprocess, max_pixels=opts.max_pixels)
     masks = rasterize(objects, geom, label, image_path=path)
     names: list[str] = []
     planes: list[np.ndarray] = []
@@ -64,7 +80,7 @@ def prepare_one(path: str, label: str | None, objects_json: str | None, opts: Pr
         planes.append(m)
     h, w = pixels.shape[:2]
     stack = np.stack(planes).astype(np.float32) if planes else np.zeros((0, h, w), np.float32)
-    return Prepared(pixels, stack, names, masks.target is not None, geom.to_dict())
+    return Prepared(pixels, stack, names, masks.target is not None, geom.to_dict(), encoded)
 
 
 def donor_background(p: Prepared) -> np.ndarray:
@@ -97,7 +113,12 @@ def unpack_masks(blob: bytes, k: int, h: int, w: int) -> np.ndarray:
 
 
 def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[str, np.ndarray]:
-    """Ray ``map_batches`` function: manifest columns in, prepared columns added."""
+    """Ray ``map_batches`` function: manifest columns in, prepared columns added.
+
+    ``_t_prepare`` carries this batch's seconds spread over its rows (the driver sums it into the
+    run record's timings: where the time goes).
+    """
+    t0 = time.perf_counter()
     n = len(batch["image_id"])
     h, w = opts.preprocess.size
     pixels = np.zeros((n, h, w, 3), np.uint8)
@@ -105,6 +126,7 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
     names = np.empty(n, dtype=object)
     has_target = np.zeros(n, dtype=bool)
     geometry = np.empty(n, dtype=object)
+    encoded = np.full(n, None, dtype=object)
     error = np.array([e if isinstance(e, str) and e else None for e in batch.get("error", [None] * n)], dtype=object)
     error_kind = np.array(["annotation" if e else None for e in error], dtype=object)
     with_cf = "cf_rand_path" in batch
@@ -120,11 +142,12 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
         path = str(batch["path"][i])
         label = batch["label"][i] if isinstance(batch["label"][i], str) else None
         try:
-            p = prepare_one(path, label, batch["objects"][i], opts)
+            p = prepare_one(path, label, batch["objects"][i], opts, device_decode=opts.device_decode)
         except ImageError as e:
             error[i], error_kind[i] = str(e), e.kind
             continue
         pixels[i] = p.pixels
+        encoded[i] = p.encoded
         masks[i] = _quantise(p.masks)
         names[i] = json.dumps(p.names)
         has_target[i] = p.has_target
@@ -146,7 +169,10 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
     out = dict(batch)
     out.update(pixels=pixels, masks=masks, mask_names=names, has_target=has_target, geometry=geometry,
                error=error, error_kind=error_kind)
+    if opts.device_decode:
+        out["encoded"] = encoded
     if with_cf:
         out.update(cf)
         out.update(cf_ok)
+    out["_t_prepare"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
     return out

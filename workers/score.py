@@ -6,7 +6,7 @@ as uint8 (4x less to transfer than float), are normalised there, and only small 
 come back. All math runs on the device in fp32.
 
 Output columns (numpy, one entry per input row, errors included) follow the names of
-:mod:`pipeline.schema`; nullable ints use -1, nullable floats and booleans NaN, maps JSON strings,
+:mod:`pipeline.schema` (plus ``_t_*`` timing columns the driver aggregates and drops); nullable ints use -1, nullable floats and booleans NaN, maps JSON strings,
 ``cam`` the float32 bytes of the (cam_h * cam_w) map, so Ray can move them as plain Arrow columns. The driver turns them into the Parquet schema.
 """
 
@@ -40,6 +40,13 @@ RESULT_KEYS = (
 _AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve_autocast(name: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on CUDA (maps and metrics stay fp32), plain fp32 on the CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return _AUTOCAST[name]
+
+
 @dataclass(frozen=True)
 class ScoreOptions:
     """How a worker scores: CAM method and layer, target, device and numeric options."""
@@ -48,7 +55,7 @@ class ScoreOptions:
     layer: str | None = None
     target: str = "predicted"  # or "label"
     device: str = "auto"
-    autocast: str = "none"
+    autocast: str = "auto"
     counterfactual: bool = False
     fill: str = "mean"  # mean (the normalisation mean: a zero input) | gray | black
     compile: bool = False
@@ -78,7 +85,7 @@ class Scorer:
             module.to(memory_format=torch.channels_last)
         if opts.compile:
             module = torch.compile(module)
-        autocast = _AUTOCAST[opts.autocast]
+        autocast = resolve_autocast(opts.autocast, self.device)
         self.autocast = autocast
         self.cam = make_cam(opts.cam, module, layer=opts.layer, autocast=autocast)
         self.module = module
@@ -127,6 +134,7 @@ class Scorer:
     # -- the batch -----------------------------------------------------------------------------
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
         n = len(batch["image_id"])
         out = _empty_columns(n, batch)
         out["input_h"][:] = self.h
@@ -152,11 +160,63 @@ class Scorer:
         if len(ok):
             self._score(batch, ok, out)
         out["scored_at"][:] = int(time.time() * 1000)
+        # Timing columns (dropped before Parquet): seconds per row, summed by the driver.
+        out["_t_score"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
+        if "_t_prepare" in batch:
+            out["_t_prepare"] = np.asarray(batch["_t_prepare"], dtype=np.float64)
         return out
+
+    def _decode_on_device(self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor,
+                          out: dict[str, np.ndarray]) -> tuple[np.ndarray, torch.Tensor]:
+        """Decode the JPEG bytes the prepare stage left for us (nvJPEG on a GPU), crop and resize
+        them into ``pixels`` with the planned geometry. Returns the rows still scorable: an image
+        whose body turns out corrupt becomes an error row, without costing the others.
+        Returns (rows still scorable, their pixels)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.transforms.v2.functional import resized_crop
+
+        enc = batch.get("encoded")
+        if enc is None:
+            return ok, pixels
+        rows = [j for j, i in enumerate(ok) if isinstance(enc[i], bytes | bytearray)]
+        if not rows:
+            return ok, pixels
+        pixels = pixels.clone()  # the host batch may be a read-only view
+        data = [torch.frombuffer(bytearray(enc[ok[j]]), dtype=torch.uint8) for j in rows]
+        try:
+            imgs: list[torch.Tensor | None] = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device,
+                                                               apply_exif_orientation=True))
+        except RuntimeError:
+            imgs = []  # one bad image fails the batched call: retry one by one to find it
+            for d in data:
+                try:
+                    imgs.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True))
+                except RuntimeError:
+                    imgs.append(None)
+        bad = set()
+        for j, img in zip(rows, imgs, strict=True):
+            i = ok[j]
+            if img is None:
+                out["error"][i] = f"{batch['path'][i]}: JPEG data is corrupt (device decode failed)"
+                out["error_kind"][i] = "corrupt"
+                bad.add(j)
+                continue
+            x0, y0, x1, y1 = json.loads(batch["geometry"][i])["box"]
+            top, left = int(round(y0)), int(round(x0))
+            crop = resized_crop(img, top, left, max(1, int(round(y1)) - top), max(1, int(round(x1)) - left),
+                                [self.h, self.w], antialias=True)
+            pixels[j] = crop.permute(1, 2, 0)
+        if not bad:
+            return ok, pixels
+        keep = np.array([j not in bad for j in range(len(ok))])
+        return ok[keep], pixels[torch.as_tensor(keep, device=pixels.device)]
 
     def _score(self, batch: dict[str, Any], ok: np.ndarray, out: dict[str, np.ndarray]) -> None:
         dev = self.device
         pixels = self._to_device(np.asarray(batch["pixels"])[ok])
+        ok, pixels = self._decode_on_device(batch, ok, pixels, out)
+        if not len(ok):
+            return
         x = self._normalise(pixels)
         targets = None
         if self.opts.target == "label":

@@ -52,7 +52,8 @@ def test_prepare_then_score(batch):
     assert json.loads(prepared["mask_names"][0]) == ["a", "c"]
     scorer = Scorer(SPEC, ScoreOptions())
     out = scorer(prepared)
-    assert set(out) == set(RESULT_KEYS)
+    assert {k for k in out if not k.startswith("_t_")} == set(RESULT_KEYS)
+    assert out["_t_score"].sum() > 0 and out["_t_prepare"].sum() > 0
     assert out["error"][0] is None and out["error"][1] is None
     assert out["error_kind"][2] == "unknown_label" and "zebra" in out["error"][2]
     assert out["error_kind"][4] == "annotation"
@@ -109,3 +110,50 @@ def test_counterfactuals_fill_rand_same(tmp_path):
     for k in ("fill", "rand", "same"):
         assert out[f"cf_{k}_pred"][0] in ("a", "b", "c") and 0 <= out[f"cf_{k}_score"][0] <= 1
     assert out["cf_rand_donor"][0] == "1" and out["cf_same_donor"][0] == "2"
+
+
+def _jpeg_batch(tmp_path, n=3, exif=False):
+    rng = np.random.default_rng(2)
+    rows = []
+    for i in range(n):
+        p = tmp_path / f"j{i}.jpg"
+        arr = (rng.random((60, 90, 3)) * 40 + np.linspace(0, 200, 90)[None, :, None]).astype(np.uint8)
+        kw = {}
+        if exif and i == 0:
+            ex = Image.Exif()
+            ex[0x0112] = 6
+            kw["exif"] = ex
+        Image.fromarray(arr).save(p, "JPEG", quality=95, **kw)
+        rows.append({"image_id": f"j{i}", "path": str(p), "label": "a",
+                     "objects": dumps([ObjectAnn("a", bbox=(10, 10, 30, 30))])})
+    return _manifest(tmp_path, rows)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_device_decode_matches_cpu_decode(tmp_path, device):
+    """JPEG bytes decoded by the actor (nvJPEG on a GPU) give the same pixels and scores as PIL."""
+    batch = _jpeg_batch(tmp_path, exif=True)
+    pre = Preprocess(size=(32, 32), resize="resize_crop", crop_pct=0.875)
+    spec = ModelSpec(name="tiny", source="python:tests.factories:tiny_cnn", num_classes=3, classes=("a", "b", "c"),
+                     preprocess=pre)
+    on_cpu = prepare_batch(batch, PrepareOptions(pre))
+    on_dev = prepare_batch(batch, PrepareOptions(pre, device_decode=True))
+    assert all(isinstance(b, bytes) for b in on_dev["encoded"]) and not on_dev["pixels"].any()
+    assert on_dev["geometry"][0] == on_cpu["geometry"][0]  # EXIF orientation planned from the header
+    scorer = Scorer(spec, ScoreOptions(device=device, autocast="none"))
+    a, b = scorer(on_cpu), scorer(on_dev)
+    assert list(a["pred"]) == list(b["pred"])
+    np.testing.assert_allclose(a["object_share"], b["object_share"], atol=0.03)
+    ma = np.frombuffer(a["cam"][0], np.float32)
+    mb = np.frombuffer(b["cam"][0], np.float32)
+    assert np.corrcoef(ma, mb)[0, 1] > 0.98
+
+
+def test_corrupt_jpeg_body_is_an_error_row_on_device_decode(tmp_path):
+    batch = _jpeg_batch(tmp_path, n=2)
+    data = open(batch["path"][1], "rb").read()
+    open(batch["path"][1], "wb").write(data[:300] + bytes(len(data) - 300))  # header intact, body garbage
+    on_dev = prepare_batch(batch, PrepareOptions(PRE, device_decode=True))
+    out = Scorer(SPEC, ScoreOptions())(on_dev)
+    assert out["error"][0] is None and out["pred"][0] is not None
+    assert out["error_kind"][1] == "corrupt" and "j1.jpg" in out["error"][1]
