@@ -265,10 +265,18 @@ def list_(
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    readme: Annotated[Path | None, typer.Option(help="rewrite the table between the schema markers of this file")] = None,
+) -> None:
     """Print the Parquet result schema as a Markdown table."""
-    from pipeline.schema import describe_markdown
+    from pipeline.schema import describe_markdown, update_readme
 
+    if readme is not None:
+        try:
+            update_readme(readme)
+        except ValueError as e:
+            _fail(str(e))
+        return
     console.print(describe_markdown(), markup=False, highlight=False)
 
 

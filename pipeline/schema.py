@@ -395,3 +395,17 @@ def describe_markdown() -> str:
     for c in COLUMNS:
         lines.append(f"| `{c.name}` | `{c.type}` | {c.doc} |")
     return "\n".join(lines)
+
+
+README_BEGIN, README_END = "<!-- schema:begin -->", "<!-- schema:end -->"
+
+
+def update_readme(path: str | os.PathLike[str]) -> None:
+    """Put :func:`describe_markdown` between the schema markers of a Markdown file (README.md)."""
+    p = Path(path)
+    text = p.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{p} has no {README_BEGIN} ... {README_END} markers")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    p.write_text(f"{head}{README_BEGIN}\n{describe_markdown()}\n{README_END}{tail}")

@@ -16,6 +16,7 @@ def fake_results(tmp_path_factory: pytest.TempPathFactory) -> FakeResults:
 
 
 @pytest.fixture(scope="session")
-def dashboard_results(fake_results: FakeResults) -> Path:
-    """The results the browser test drives; it finds the failing model from the results' own verdict."""
-    return fake_results.root
+def dashboard_results(demo_results: Path) -> Path:
+    """The browser test drives the synthetic demo's results; it finds the failing model from the
+    results' own verdict."""
+    return demo_results

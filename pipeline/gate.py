@@ -1,0 +1,186 @@
+"""The quality gate: results + policy -> per-model verdicts -> exit code, JSON, JUnit XML, Markdown.
+
+``Verdict.passed`` is the only thing the CLI turns into an exit code (0 pass, 1 a check failed).
+Imports neither torch nor Ray: it runs in a slim CI image over a results directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.analysis.checks import FAIL, PASS, SKIP, WARN, CheckContext, CheckResult, model_status, run_checks
+from pipeline.analysis.cues import StatOptions
+from pipeline.analysis.evidence import ModelEvidence, analyse, to_jsonable
+from pipeline.analysis.frame import load_frame
+from pipeline.config import GatePolicy
+from pipeline.schema import ResultsError, is_results_dir, part_files, read_runs
+
+ICON = {PASS: "✅", WARN: "⚠️", FAIL: "❌", SKIP: "➖", "ERROR": "💥"}
+
+
+@dataclass
+class ModelVerdict:
+    model: str
+    status: str
+    checks: list[CheckResult]
+    evidence: ModelEvidence
+
+
+@dataclass
+class Verdict:
+    results: str
+    policy: dict[str, Any]
+    models: list[ModelVerdict]
+    baseline: str | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    @property
+    def passed(self) -> bool:
+        return all(m.status not in (FAIL, "ERROR") for m in self.models)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "results": self.results, "baseline": self.baseline, "created_at": self.created_at,
+            "passed": self.passed, "policy": self.policy,
+            "models": [{"model": m.model, "status": m.status, "checks": to_jsonable(m.checks),
+                        "evidence": m.evidence.to_dict()} for m in self.models],
+        }
+
+
+def stat_options(policy: GatePolicy) -> StatOptions:
+    return StatOptions(conf=policy.confidence, n_boot=policy.bootstrap, seed=policy.seed, min_n=policy.min_n)
+
+
+def resolve_baseline(root: Path, baseline: str) -> tuple[Path, str | None, str]:
+    """``--baseline``: a run id of ``root``, ``previous`` (the run before the latest), or another
+    results directory (its latest state). Returns (directory, as_of run id, description)."""
+    if baseline == "previous":
+        runs = [r.run_id for r in read_runs(root) if r.status == "finished"]
+        if len(runs) < 2:
+            raise ResultsError(f"--baseline previous: {root} has {len(runs)} finished run(s), need 2")
+        return root, runs[-2], f"run {runs[-2]}"
+    if is_results_dir(baseline):
+        return Path(baseline), None, f"results {baseline}"
+    ids = [r.run_id for r in read_runs(root)]
+    if baseline in ids:
+        return root, baseline, f"run {baseline}"
+    raise ResultsError(
+        f"--baseline {baseline!r} is neither a run of {root} (runs: {', '.join(ids[-5:]) or 'none'}) "
+        "nor a results directory"
+    )
+
+
+def evaluate(root: str | os.PathLike[str], policy: GatePolicy | None = None, models: list[str] | None = None,
+             baseline: str | None = None, frame: pd.DataFrame | None = None) -> Verdict:
+    """Analyse the results and run every enabled check for every (selected) model."""
+    policy = policy or GatePolicy()
+    root = Path(root)
+    if not is_results_dir(root):
+        raise ResultsError(f"{root} is not a cueaudit results directory (no model=*/ parts, no _runs/)")
+    if not part_files(root, models):
+        which = f" for model(s) {', '.join(models)}" if models else ""
+        raise ResultsError(f"{root} holds no result files{which}")
+    so = stat_options(policy)
+    df = frame if frame is not None else load_frame(root, models)
+    if models:
+        unknown = sorted(set(models) - set(df.model.unique()))
+        if unknown:
+            raise ResultsError(f"no results for model(s) {unknown} in {root}; present: {sorted(df.model.unique())}")
+    attrs = list(policy.checks.attribute_gap.attributes) if policy.checks.attribute_gap.attributes else None
+    evidence = analyse(df, so, models, attributes=attrs)
+    base_frame = base_ev = None
+    desc = None
+    if baseline:
+        broot, as_of, desc = resolve_baseline(root, baseline)
+        base_frame = load_frame(broot, as_of=as_of)
+        base_ev = analyse(base_frame, so)
+    verdicts = []
+    for name, ev in evidence.items():
+        ctx = CheckContext(policy, so, frame=df[df.model == name],
+                           baseline=(base_ev or {}).get(name),
+                           baseline_frame=None if base_frame is None else base_frame[base_frame.model == name])
+        results = run_checks(ev, ctx)
+        # A model with no scorable image has no evidence at all: a data error, never a pass.
+        status = "ERROR" if ev.overall.scored == 0 else model_status(results, policy.require_evidence)
+        verdicts.append(ModelVerdict(name, status, results, ev))
+    return Verdict(str(root), json.loads(policy.model_dump_json()), verdicts, desc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report files
+
+
+def write_json(v: Verdict, path: str | os.PathLike[str]) -> None:
+    Path(path).write_text(json.dumps(v.to_dict(), indent=2))
+
+
+def write_junit(v: Verdict, path: str | os.PathLike[str]) -> None:
+    """One <testsuite> per model, one <testcase> per check: FAIL/ERROR -> <failure>, SKIP -> <skipped>."""
+    suites = ET.Element("testsuites", name="cueaudit gate")
+    total = failures = skipped = 0
+    for m in v.models:
+        s = ET.SubElement(suites, "testsuite", name=f"cueaudit.{m.model}")
+        nf = ns = 0
+        for r in m.checks:
+            tc = ET.SubElement(s, "testcase", classname=f"cueaudit.{m.model}", name=r.check)
+            if r.status in (FAIL, "ERROR"):
+                nf += 1
+                el = ET.SubElement(tc, "failure", message=f"{r.status}: {r.message}", type=r.status)
+                el.text = _detail(r)
+            elif r.status == SKIP:
+                ns += 1
+                ET.SubElement(tc, "skipped", message=r.message)
+            ET.SubElement(tc, "system-out").text = f"{r.status}: {r.message}\n{_detail(r)}"
+        s.set("tests", str(len(m.checks)))
+        s.set("failures", str(nf))
+        s.set("skipped", str(ns))
+        total, failures, skipped = total + len(m.checks), failures + nf, skipped + ns
+    suites.set("tests", str(total))
+    suites.set("failures", str(failures))
+    suites.set("skipped", str(skipped))
+    ET.indent(suites)
+    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _detail(r: CheckResult) -> str:
+    lines = [f"{f.status:5} {f.scope}: {f.statistic} = {f.estimate.fmt()}" + (f" — {f.note}" if f.note else "")
+             for f in r.findings]
+    if r.examples:
+        lines.append("examples: " + ", ".join(r.examples))
+    return "\n".join(lines)
+
+
+def markdown(v: Verdict) -> str:
+    checks = sorted({r.check for m in v.models for r in m.checks})
+    head = "✅ **cueaudit gate passed**" if v.passed else "❌ **cueaudit gate failed**"
+    out = [f"## {head}", "", f"Results: `{v.results}`" + (f", baseline: {v.baseline}" if v.baseline else ""), ""]
+    out.append("| model | verdict | " + " | ".join(checks) + " |")
+    out.append("|---|---|" + "---|" * len(checks))
+    for m in v.models:
+        by = {r.check: r for r in m.checks}
+        cells = [f"{ICON.get(by[c].status, '')} {by[c].status}" if c in by else "" for c in checks]
+        out.append(f"| `{m.model}` | {ICON.get(m.status, '')} **{m.status}** | " + " | ".join(cells) + " |")
+    out.append("")
+    for m in v.models:
+        flagged = [r for r in m.checks if r.status in (FAIL, WARN, "ERROR")]
+        if not flagged:
+            continue
+        out.append(f"### `{m.model}`")
+        for r in flagged:
+            out.append(f"- {ICON.get(r.status, '')} **{r.title}** ({r.check}): {r.message}")
+            if r.examples:
+                out.append(f"  - example images: {', '.join(f'`{x}`' for x in r.examples[:5])}")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_markdown(v: Verdict, path: str | os.PathLike[str]) -> None:
+    Path(path).write_text(markdown(v))

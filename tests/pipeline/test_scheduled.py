@@ -1,0 +1,51 @@
+"""Scheduled audits: a rerun on a grown dataset scores only the new images under a new run id, and
+the gate's baseline comparison and the trend view work across the runs."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import parse_config
+from pipeline.gate import evaluate
+from pipeline.run import run_audit
+from pipeline.schema import read_results, read_runs
+from pipeline.synth import SynthConfig, generate
+
+pytestmark = pytest.mark.ray
+TINY = {"source": "python:tests.factories:tiny_cnn", "num_classes": 3, "classes": ["disk", "square", "triangle"],
+        "preprocess": {"size": 64, "resize": "resize"}}
+
+
+def test_rerun_on_a_grown_dataset_scores_only_new_images(tmp_path):
+    data = tmp_path / "data"
+    generate(data, SynthConfig(cue="background", n=60, correlation=0.6, seed=7))
+    raw = {"name": "nightly", "output": str(tmp_path / "results"),
+           "dataset": {"format": "manifest", "path": str(data / "manifest.csv")},
+           "models": [{"name": "tiny", **TINY}], "execution": {"batch_size": 16, "num_cpus": 2}}
+    first = run_audit(parse_config(raw, tmp_path / "audit.yaml"), progress=False)
+    assert first.models["tiny"].scored == 60
+    generate(data, SynthConfig(cue="background", n=30, correlation=0.6, seed=7, start=60))  # the dataset grows
+    second = run_audit(parse_config(raw, tmp_path / "audit.yaml"), progress=False)
+    assert (second.models["tiny"].scored, second.models["tiny"].skipped) == (30, 60)
+    assert second.run_id > first.run_id
+    third = run_audit(parse_config(raw, tmp_path / "audit.yaml"), progress=False)
+    assert third.models["tiny"].scored == 0  # nothing new: no work
+    out = tmp_path / "results"
+    t = read_results(out, columns=["image_id", "run_id"])
+    by_run = {}
+    for r in t.to_pylist():
+        by_run.setdefault(r["run_id"], set()).add(r["image_id"])
+    assert {k: len(v) for k, v in by_run.items()} == {first.run_id: 60, second.run_id: 30}
+    assert read_results(out, columns=["image_id"], as_of=first.run_id).num_rows == 60
+    runs = read_runs(out)
+    assert [r.run_id for r in runs] == [first.run_id, second.run_id, third.run_id]
+    assert all(r.status == "finished" and r.updated_at for r in runs[:2])
+    # the gate compares against the previous finished run, paired on the images both saw
+    v = evaluate(out, baseline="previous")
+    reg = [r for r in v.models[0].checks if r.check == "regression"][0]
+    assert reg.status in ("PASS", "SKIP") and "no baseline" not in reg.message
+    assert v.baseline == f"run {second.run_id}"
+    r = CliRunner().invoke(app, ["gate", str(out), "--baseline", first.run_id, "-q"])
+    assert r.exit_code in (0, 1) and f"run {first.run_id}" in r.output
