@@ -66,6 +66,9 @@ def collect(root: Path, seeds: tuple[int, ...], audit_n: int) -> list[dict[str, 
                     rows.append({"cue": cue, "variant": variant, "layer": layer, "seed": seed[1:], "check": r.check,
                                  "statistic": f.statistic, "value": f.estimate.value, "lo": f.estimate.lo,
                                  "hi": f.estimate.hi, "n": f.estimate.n, "status": f.status})
+        rows.append({"cue": cue, "variant": variant, "layer": layer, "seed": seed[1:], "check": "verdict",
+                     "statistic": "", "value": math.nan, "lo": math.nan, "hi": math.nan, "n": m.evidence.images,
+                     "status": m.status})
         cells = m.evidence.median_object_cells
         rows.append({"cue": cue, "variant": variant, "layer": layer, "seed": seed[1:], "check": "resolution",
                      "statistic": "median_object_cells", "value": cells, "lo": math.nan, "hi": math.nan,
@@ -102,25 +105,28 @@ def render(rows: list[dict[str, Any]], seeds: tuple[int, ...]) -> str:
                 rng = lambda xs: f"{_fmt(min(xs))} .. {_fmt(max(xs))}" if xs else "skipped"  # noqa: E731
                 out.append(f"| {check} | {stat} ({bound}) | {layer} | {cue} | {rng(fair)} | {rng(biased)} | "
                            f"{p.warn:g} / {p.fail:g} ({direction}) |")
-    out += ["", "Median feature cells covered by the labelled object:", ""]
+    out += ["", "How the defaults were chosen: each fail threshold sits between the worst fair model and the best "
+            "biased model at the 8x8 layer with a margin on both sides, and each warn threshold between the fail "
+            "threshold and the fair models, so a fair model neither fails nor warns. At the 4x4 layer the objects "
+            "cover ~2.6 feature cells and the fair models' object lift is compressed to about half of its 8x8 value "
+            "(close to the biased watermark model's): `min_object_cells` (4) caps background reliance at WARN there, "
+            "with the advice to audit a finer layer, while the label-conditioned and counterfactual checks, which "
+            "do not depend on the map, still fail every biased model.", "",
+            "Median feature cells covered by the labelled object:", ""]
     for layer in LAYERS:
         cells = [r["value"] for r in rows if r["check"] == "resolution" and r["layer"] == layer]
         if cells:
             out.append(f"- {layer}: {min(cells):.1f} .. {max(cells):.1f} cells "
                        f"(background_reliance caps at WARN below {pol.checks.background_reliance.min_object_cells:g})")
-    verdicts = {}
-    for r in rows:
-        if r["check"] in STATS:
-            key = (r["cue"], r["variant"], r["layer"], r["seed"])
-            verdicts.setdefault(key, set()).add(r["status"])
-    out += ["", "Default-policy statuses per model (any FAIL fails the gate):", "",
-            "| cue | variant | layer | seeds failing / total |", "|---|---|---|---|"]
+    out += ["", "Default-policy verdicts per model over the seeds (only FAIL fails the gate):", "",
+            "| cue | variant | layer | FAIL | WARN | PASS |", "|---|---|---|---|---|---|"]
     for cue in CUES:
         for variant in ("biased", "fair"):
             for layer in LAYERS:
-                ks = [k for k in verdicts if k[:3] == (cue, variant, layer)]
-                fails = sum("FAIL" in verdicts[k] for k in ks)
-                out.append(f"| {cue} | {variant} | {layer} | {fails} / {len(ks)} |")
+                st = [r["status"] for r in rows if r["check"] == "verdict" and (r["cue"], r["variant"], r["layer"])
+                      == (cue, variant, layer)]
+                out.append(f"| {cue} | {variant} | {layer} | {st.count('FAIL')} | {st.count('WARN')} | "
+                           f"{st.count('PASS')} |")
     return "\n".join(out) + "\n"
 
 

@@ -326,9 +326,9 @@ class BackgroundReliancePolicy(CheckPolicy):
     With maps too coarse for the objects (median object covers < ``min_object_cells`` feature
     cells) the verdict is capped at WARN: a finer layer is needed to tell object from context."""
 
-    warn: float = 0.20
-    fail: float = 0.10
-    min_object_cells: float = Field(default=2.0, ge=0)
+    warn: float = 0.25
+    fail: float = 0.20
+    min_object_cells: float = Field(default=4.0, ge=0)
 
 
 class BackgroundColourPolicy(CheckPolicy):
@@ -351,8 +351,8 @@ class CooccurrencePolicy(CheckPolicy):
 class CounterfactualPolicy(CheckPolicy):
     """BG-Gap: accuracy with a same-class background minus with another class's (above = worse)."""
 
-    warn: float = 0.10
-    fail: float = 0.20
+    warn: float = 0.08
+    fail: float = 0.12
 
 
 class AttributePolicy(CheckPolicy):

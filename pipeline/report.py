@@ -8,14 +8,14 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.analysis.checks import FAIL, PASS, SKIP, WARN
-from pipeline.analysis.stats import Estimate
+from pipeline.analysis.stats import Estimate, short
 from pipeline.gate import Verdict
 
 STYLE = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim", "ERROR": "bold magenta", "INFO": "cyan"}
 
 
 def _e(est: Estimate, pct: bool = False) -> str:
-    return est.fmt(pct) if est.ok else "-"
+    return short(est, pct)
 
 
 def _status(s: str) -> Text:

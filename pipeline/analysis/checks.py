@@ -39,6 +39,7 @@ class Finding:
     note: str = ""
     examples: list[str] = field(default_factory=list)
     judged: bool = True  # False: context only, never changes the verdict
+    cap: str | None = None  # the most this finding may say (e.g. WARN for weak evidence)
 
 
 @dataclass
@@ -112,6 +113,8 @@ class Check:
                 f.status = self.judge(f.estimate, pol, min_n)
                 if f.status == SKIP and not f.note:
                     f.note = f"needs >= {min_n} images with a confidence interval (has {f.estimate.n})"
+                if f.cap and RANK[f.status] > RANK[f.cap]:
+                    f.status = f.cap
             else:
                 f.status = "INFO"
         res.findings = found
@@ -165,8 +168,12 @@ class BackgroundReliance(Check):
             return "no image has an object annotation for its label, so mass on the object cannot be measured"
         out = [Finding("model", "object_lift", ev.overall.object_lift, examples=ev.overall.worst,
                        note=f"object share {ev.overall.object_share.fmt()} vs area {ev.overall.object_area.fmt()}")]
+        # A class can be recognised by the *absence* of other classes' features (the disk among
+        # polygons: "no corners anywhere"), which Grad-CAM cannot localise on the object. Saliency of
+        # one class alone therefore only warns; a model-level shortfall fails (CALIBRATION.md).
         for c in ev.classes:
-            out.append(Finding(f"class:{c.key}", "object_lift", c.object_lift, examples=c.worst))
+            out.append(Finding(f"class:{c.key}", "object_lift", c.object_lift, examples=c.worst, cap=WARN,
+                               note="class-level saliency only warns"))
         return out
 
     def cap(self, ev: ModelEvidence, ctx: CheckContext, pol: Any) -> tuple[str, str] | None:

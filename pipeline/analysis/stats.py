@@ -44,6 +44,16 @@ class Estimate:
         return f"{f(self.value)} [{f(self.lo)}, {f(self.hi)}] (n={self.n})"
 
 
+def short(est: Estimate, pct: bool = False) -> str:
+    """Compact form for table cells: ``0.75 [0.63, 0.85]`` (the n is in its own column)."""
+    if not est.ok:
+        return "-"
+    f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.2f}")
+    if not (math.isfinite(est.lo) and math.isfinite(est.hi)):
+        return f(est.value)
+    return f"{f(est.value)} [{f(est.lo)}, {f(est.hi)}]"
+
+
 NAN = Estimate(float("nan"), float("nan"), float("nan"), 0)
 
 

@@ -48,7 +48,11 @@ def test_biased_model_fails_with_the_check_of_its_cue(verdict, cue):
 @pytest.mark.parametrize("cue", CUES)
 def test_fair_model_passes(verdict, cue):
     m = _model(verdict, f"{cue}-fair")
-    assert m.status == "PASS", {r.check: (r.status, r.message) for r in m.checks}
+    # WARN passes the gate: class-level saliency may warn (a class recognised by what it lacks)
+    assert m.status in ("PASS", "WARN"), {r.check: (r.status, r.message) for r in m.checks}
+    assert not [r for r in m.checks if r.status in ("FAIL", "ERROR")]
+    model_level = [f for r in m.checks for f in r.findings if f.scope == "model" and f.judged]
+    assert all(f.status in ("PASS", "SKIP") for f in model_level), [(f.statistic, f.estimate) for f in model_level]
 
 
 def test_biased_models_put_clearly_less_mass_on_objects(verdict):
