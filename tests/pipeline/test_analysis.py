@@ -126,7 +126,8 @@ def test_regression_against_a_baseline_is_paired():
 def test_judge_needs_the_whole_interval_beyond_the_threshold():
     chk = CHECKS.get("counterfactual_flip")()
     pol = GatePolicy().checks.counterfactual_flip
-    assert chk.judge(Estimate(0.5, 0.25, 0.7, 100), pol, 20) == FAIL
-    assert chk.judge(Estimate(0.5, 0.15, 0.7, 100), pol, 20) == WARN
-    assert chk.judge(Estimate(0.5, 0.05, 0.7, 100), pol, 20) == PASS
-    assert chk.judge(Estimate(0.5, 0.25, 0.7, 10), pol, 20) == SKIP
+    fail, warn = pol.fail, pol.warn
+    assert chk.judge(Estimate(0.5, fail + 0.01, 0.7, 100), pol, 20) == FAIL
+    assert chk.judge(Estimate(0.5, (fail + warn) / 2, 0.7, 100), pol, 20) == WARN
+    assert chk.judge(Estimate(0.5, warn - 0.01, 0.7, 100), pol, 20) == PASS
+    assert chk.judge(Estimate(0.5, fail + 0.01, 0.7, 10), pol, 20) == SKIP
