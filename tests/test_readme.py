@@ -23,3 +23,13 @@ def test_every_config_key_and_check_is_documented():
         assert f"execution.{key}" in README or f"`{key}`" in README, key
     for name in CHECKS.names():
         assert f"`{name}`" in README, name
+
+
+def test_policy_block_shows_the_real_defaults():
+    import yaml
+
+    from pipeline.config import GatePolicy
+
+    block = README.split("## Gate policy", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    doc = yaml.safe_load(block)
+    assert GatePolicy.model_validate(doc) == GatePolicy(), "README's gate.yaml drifted from the defaults"
