@@ -37,6 +37,7 @@ RESULT_KEYS = (
     "cf_same_pred", "cf_same_score", "cf_same_donor",
 )  # fmt: skip
 
+COMPILED_PREFIX = "_orig_mod."
 _AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -83,11 +84,15 @@ class Scorer:
         module = self.model.module
         if self.device.type == "cuda":
             module.to(memory_format=torch.channels_last)
+        layer = opts.layer
         if opts.compile:
+            # torch.compile wraps the model: its submodules are named "_orig_mod.<name>" (hooks still
+            # run, at a graph break); layer names in and out stay those of the plain model.
             module = torch.compile(module)
+            layer = f"{COMPILED_PREFIX}{layer}" if layer else None
         autocast = resolve_autocast(opts.autocast, self.device)
         self.autocast = autocast
-        self.cam = make_cam(opts.cam, module, layer=opts.layer, autocast=autocast)
+        self.cam = make_cam(opts.cam, module, layer=layer, autocast=autocast)
         self.module = module
         pre = self.model.preprocess
         self.h, self.w = pre.size
@@ -263,7 +268,7 @@ class Scorer:
         if not self._warned_coarse:
             msg = coarse_map_warning(mm.object_cells[ht], (maps.shape[1], maps.shape[2]))
             if msg:
-                log.warning("model %s, layer %s: %s", self.model.spec.name, res.layer, msg)
+                log.warning("model %s, layer %s: %s", self.model.spec.name, res.layer.removeprefix(COMPILED_PREFIX), msg)
             self._warned_coarse = True
 
         # One device->host copy per tensor.
@@ -287,7 +292,7 @@ class Scorer:
         for j, i in enumerate(ok):
             out["pred"][i] = self.classes[pred_np[j]]
             out["target"][i] = self.classes[tgt_np[j]]
-            out["feature_layer"][i] = res.layer
+            out["feature_layer"][i] = res.layer.removeprefix(COMPILED_PREFIX)
             out["cam"][i] = cam_np[j].astype(np.float32).tobytes()
             li = out["label_index"][i]
             out["correct"][i] = np.nan if li < 0 else float(li == pred_np[j])

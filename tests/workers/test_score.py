@@ -157,3 +157,13 @@ def test_corrupt_jpeg_body_is_an_error_row_on_device_decode(tmp_path):
     out = Scorer(SPEC, ScoreOptions())(on_dev)
     assert out["error"][0] is None and out["pred"][0] is not None
     assert out["error_kind"][1] == "corrupt" and "j1.jpg" in out["error"][1]
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_same_maps_and_layer_names(batch):
+    prepared = prepare_batch(batch, PrepareOptions(PRE))
+    plain = Scorer(SPEC, ScoreOptions(layer="features.2"))(prepared)
+    compiled = Scorer(SPEC, ScoreOptions(layer="features.2", compile=True))(prepared)
+    assert compiled["feature_layer"][0] == "features.2"
+    np.testing.assert_allclose(np.frombuffer(compiled["cam"][0], np.float32),
+                               np.frombuffer(plain["cam"][0], np.float32), atol=1e-6)
