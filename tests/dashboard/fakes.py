@@ -1,8 +1,9 @@
 """Synthetic results directories for the dashboard tests, written through pipeline.schema.
 
 :func:`write_results` plants a clear verdict: ``biased`` puts ~2% of its CAM mass on objects that
-cover ~20% of the view (background_reliance FAILs) and is wrong exactly on the background-colour
-conflicting images; ``fair`` looks at the object (PASS). ``broken`` has only error rows. Images are
+cover ~20% of the view (background_reliance WARNs: at a 4x4 map the objects cover ~3 cells, too
+coarse to fail on saliency), flips under Mixed-Rand but not Mixed-Same (counterfactual_flip FAILs)
+and is wrong exactly on the background-colour conflicting images; ``fair`` looks at the object (PASS). ``broken`` has only error rows. Images are
 real 48x32 PNGs under a dataset root; annotations mix boxes, polygons, RLE and mask files; two rows
 of ``fair`` point outside the root (a ``..`` traversal and a symlink) and must never be served.
 """

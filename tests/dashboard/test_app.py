@@ -55,10 +55,11 @@ def test_overview_shows_runs_verdicts_headlines_errors_and_trend(monkeypatch, fa
     at = run(monkeypatch, fake_results.root)
     errors = texts(at.error)
     assert f"Gate failed: {FAILING} failed." in errors
-    assert f"{FAILING} · Background reliance" in errors and "background_reliance) FAIL" in errors
+    assert f"{FAILING} · Counterfactual background swap" in errors and "counterfactual_flip) FAIL" in errors
     verdicts = frame_with(at, "background_reliance").set_index("model")
     assert verdicts.loc[FAILING, "verdict"] == "FAIL" and verdicts.loc[PASSING, "verdict"] == "PASS"
-    assert verdicts.loc[FAILING, "background_reliance"] == "FAIL"
+    assert verdicts.loc[FAILING, "background_reliance"] == "WARN"  # coarse 4x4 map: capped
+    assert verdicts.loc[FAILING, "counterfactual_flip"] == "FAIL"
     runs = frame_with(at, "fingerprint")
     assert set(runs.run) == set(fake_results.runs) and set(runs.status) == {"finished"}
     assert runs[(runs.run == fake_results.runs[1]) & (runs.model == FAILING)].skipped.iloc[0] == 90
@@ -143,9 +144,11 @@ def test_model_page_opens_on_the_failing_model(monkeypatch, fake_results):
     classes = frame_with(at, "object lift CI").set_index("class")
     assert list(classes.index) == ["(all)", "disk", "square", "triangle"]
     assert (classes.status == "FAIL").all() and (classes["object share"] < 0.05).all()
-    assert "background_reliance FAIL" in classes.loc["square", "flags"]
+    # class-level saliency only warns; the class fails on its counterfactual BG-Gap
+    assert "background_reliance WARN" in classes.loc["square", "flags"]
+    assert "counterfactual_flip FAIL" in classes.loc["square", "flags"]
     expanders = [e.label for e in at.expander]
-    assert "FAIL · Background reliance (CAM mass off the object)" in expanders
+    assert "WARN · Background reliance (CAM mass off the object)" in expanders
     md = texts(at.markdown)
     assert "Example images: `" in md
     assert len(at.get("vega_lite_chart")) == 3  # distribution, co-occurrence, background colour

@@ -81,7 +81,8 @@ def test_class_table_is_coloured_by_the_class_findings(verdict):
     t = data.class_table(mv).set_index("class")
     assert list(t.index) == ["(all)", "disk", "square", "triangle"]
     assert (t.status == "FAIL").all()
-    assert "background_reliance FAIL" in t.loc["disk", "flags"]
+    assert "background_reliance WARN" in t.loc["disk", "flags"]  # class-level saliency only warns
+    assert "counterfactual_flip FAIL" in t.loc["disk", "flags"]
     assert t.loc["disk", "object share"] == pytest.approx(0.02, abs=0.01)
     ok = data.class_table(next(m for m in verdict.models if m.model == PASSING)).set_index("class")
     assert (ok.loc[["disk", "square", "triangle"], "status"] == "PASS").all()

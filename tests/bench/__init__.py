@@ -1,0 +1,1 @@
+"""Benchmark harness tests: the optimised analysis against its reference, and the bench smoke run."""
