@@ -342,10 +342,12 @@ def _current_fingerprints(root: str | os.PathLike[str], table: pa.Table, as_of: 
             latest[m] = mr.fingerprint
     if not latest:
         return table
-    models = table.column("model").to_pylist()
-    fps = table.column("model_fingerprint").to_pylist()
-    keep = np.fromiter((latest.get(m, f) == f for m, f in zip(models, fps, strict=True)), dtype=bool, count=len(models))
-    return table.filter(pa.array(keep))
+    model, fp = table.column("model"), table.column("model_fingerprint")
+    stale = None
+    for m, want in latest.items():  # one vectorised pass per model, not per row
+        bad = pc.and_(pc.equal(model, m), pc.not_equal(fp, want))
+        stale = bad if stale is None else pc.or_(stale, bad)
+    return table.filter(pc.invert(pc.fill_null(stale, False)))
 
 
 def _latest_per_image(table: pa.Table) -> pa.Table:
