@@ -208,8 +208,9 @@ def test_coarse_map_warning():
     assert coarse_map_warning(big, (14, 14)) is None
     assert coarse_map_warning(torch.tensor([NAN, NAN]), (4, 4)) is None
     assert coarse_map_warning(torch.tensor([1.0, 1.5, 3.0]), (7, 7)) is not None  # median 1.5
-    assert coarse_map_warning(torch.tensor([1.0, 1.5, 2.5, 4.0]), (7, 7)) is None  # median (1.5 + 2.5)/2
-    assert MIN_OBJECT_CELLS == 2.0
+    assert coarse_map_warning(torch.tensor([3.0, 3.5, 4.5, 6.0]), (7, 7)) is None  # median (3.5 + 4.5)/2 = 4
+    assert coarse_map_warning(torch.tensor([3.0, 3.5, 4.0, 6.0]), (7, 7)) is not None  # median 3.75
+    assert MIN_OBJECT_CELLS == 4.0  # the gate's default min_object_cells (CALIBRATION.md)
 
 
 @pytest.mark.gpu  # skipped without CUDA by tests/conftest.py
