@@ -157,6 +157,46 @@ def run_engine_bench(
     return rows
 
 
+def bf16_agreement(devices: list[str] | None = None, models: tuple[str, ...] = ("efficientnet-lite0",),
+                   size: int = 224) -> list[dict]:
+    """Pearson correlation of bf16-autocast maps with fp32 maps, per model and device, on the real
+    photos shipped with scikit-image (the GPU path runs the forward in bf16, maps in fp32).
+
+    Only trained weights make this meaningful: a randomly initialised resnet's maps are nearly
+    uniform, and the correlation of two nearly constant maps measures rounding noise, not agreement.
+    """
+    import torch.nn.functional as F
+
+    from pipeline.realphotos import load_photo, photo_specs
+
+    devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    imgs = [torch.from_numpy(load_photo(p["loader"])).permute(2, 0, 1).float() for p in photo_specs()]
+    x = torch.stack([F.interpolate(i[None], size=(size, size), mode="bilinear", antialias=True)[0] for i in imgs])
+    x = (x / 255 - 0.5) / 0.25
+    rows = []
+    for dev in devices:
+        device = torch.device(dev)
+        for name in models:
+            torch.manual_seed(0)
+            net = build(name).to(device)
+            cam = GradCAM(net)
+            a = cam(x.to(device)).maps.float().flatten(1)
+            b = cam(x.to(device), autocast=torch.bfloat16).maps.float().flatten(1)
+            r = [float(torch.corrcoef(torch.stack([p, q]))[0, 1]) for p, q in zip(a, b, strict=True)]
+            rows.append({"device": dev, "model": name, "images": len(r), "min_r": min(r),
+                         "mean_r": sum(r) / len(r)})
+    return rows
+
+
+def render_bf16(rows: list[dict]) -> str:
+    lines = ["| device | model | images | mean r (bf16 vs fp32 maps) | min r |", "|---|---|---|---|---|"]
+    lines += [f"| {r['device']} | {r['model']} | {r['images']} | {r['mean_r']:.4f} | {r['min_r']:.4f} |" for r in rows]
+    ok = all(r["min_r"] >= 0.99 for r in rows)
+    lines += ["", f"bf16 autocast for the forward, maps accumulated in fp32: every map correlates "
+                  f"{'at least' if ok else 'NOT always at least'} 0.99 with its fp32 map (target 0.99)."]
+    return "\n".join(lines)
+
+
 def render_markdown(rows: list[dict]) -> str:
     """The rows as a markdown table, with the targets the engine is held to."""
     head = (

@@ -149,7 +149,8 @@ def section_engine(sizes: Sizes, cache: Path, ctx: dict[str, Any]) -> str:
     rows = engine.run_engine_bench(None, sizes.engine_batch, sizes.engine_size, sizes.engine_repeats,
                                    sizes.engine_models)
     ctx["engine"] = rows
-    return engine.render_markdown(rows) + "\n\n" + interpret_engine(rows)
+    bf16 = engine.render_bf16(engine.bf16_agreement())
+    return engine.render_markdown(rows) + "\n\n" + interpret_engine(rows) + "\n\n### bf16 vs fp32 maps\n\n" + bf16
 
 
 def _span(values: Sequence[float], digits: int) -> str:
