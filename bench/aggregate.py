@@ -7,7 +7,7 @@ counterfactual columns and a few error rows. They are written once through
 :class:`pipeline.schema.PartWriter` in parts of ``flush_rows`` (4096) rows, as ``cueaudit run``
 writes them, and cached under ``.cueaudit/bench/``.
 
-Each stage of the analysis is also timed against :mod:`bench.reference`, the straightforward
+Each stage of the analysis is also timed against :mod:`tests.bench.reference`, the straightforward
 per-row implementation it replaced, on the same frame, and the two results are compared.
 
     python -m bench.aggregate --rows 1000000     # prints markdown
@@ -239,7 +239,7 @@ def _dashboard_cold(root: Path, frame: Any = None) -> dict[str, float] | None:
 def run_aggregate_bench(rows: int = 1_000_000, cache: Path = CACHE, reference: bool = True) -> dict[str, Any]:
     """Times reading, the analysis frame, each cue analysis, the whole gate and the dashboard's cold load
     over ``rows`` synthetic results; with ``reference``, the row-by-row implementation too (same frame)."""
-    from bench import reference as ref
+    from tests.bench import reference as ref
     from pipeline import gate
     from pipeline.analysis import cues, evidence
     from pipeline.analysis.frame import ANALYSIS_COLUMNS, load_frame, prepare_frame
@@ -316,7 +316,7 @@ def render_markdown(res: dict[str, Any]) -> str:
     built = f"built in {res['built_s']:.0f} s" if res["built_s"] else "cached"
     lines.append(f"{res['rows']:,} rows of one model in {res['parts']} parts of {PART_ROWS} rows ({built}, "
                  f"`{res['root']}`); single runs after one untimed read (warm file cache), peak 1-min load average "
-                 f"{res['load_avg']:.1f}. *Before* is `bench/reference.py` (the pre-optimisation code, kept as the "
+                 f"{res['load_avg']:.1f}. *Before* is `tests/bench/reference.py` (the pre-optimisation code, kept as the "
                  "oracle) on the same frame; "
                  "*same result* compares the evidence JSON exactly. Verdict: "
                  + "; ".join(f"`{m}` {s} ({', '.join(f'{c} {v}' for c, v in checks)})"

@@ -324,7 +324,8 @@ def cooccurrence(df: pd.DataFrame, so: StatOptions) -> CooccurrenceEvidence:
             with np.errstate(divide="ignore", invalid="ignore"):
                 lift = (mass - area) / (1 - area)
             pairs.append(CooccurrencePair(str(lab), cat, len(sel), len(sel) / int(size), so.mean(mass),
-                                          float(np.nanmean(area)) if len(area) else float("nan"), so.mean(lift)))
+                                          float(np.nanmean(area)) if np.isfinite(area).any() else float("nan"),
+                                          so.mean(lift)))
     assoc = _associations(d.label, rows, cats, so.min_n, 0.2)
     ev = CooccurrenceEvidence(pairs=pairs, associations=assoc)
     if not assoc:

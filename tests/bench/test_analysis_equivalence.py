@@ -1,4 +1,4 @@
-"""The vectorised analysis returns exactly what the row-by-row reference (bench.reference) returns."""
+"""The vectorised analysis returns exactly what the row-by-row reference (tests.bench.reference) returns."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from bench import reference as ref
+from tests.bench import reference as ref
 from bench.aggregate import build_results
 from pipeline.analysis import cues, evidence, frame
 from pipeline.analysis.cues import StatOptions
