@@ -138,10 +138,11 @@ def run_demo(out: str | Path = "demo-results", work: str | Path = ".cueaudit/dem
         console.print(verdict_table(verdict))
         for m in verdict.models:
             for r in m.checks:
-                if r.status == "FAIL":
-                    console.print(f"  [red]FAIL[/] {m.model}: {r.check} — {r.message}", soft_wrap=True)
+                if r.status in ("FAIL", "WARN"):
+                    style = "red" if r.status == "FAIL" else "yellow"
+                    console.print(f"  [{style}]{r.status}[/] {m.model}: {r.check} — {r.message}", soft_wrap=True)
         console.print(f"\ngate: {'[green]passed' if verdict.passed else '[red]failed'}[/] "
-                      f"(exit code {0 if verdict.passed else 1}; the biased models are meant to fail)")
+                      f"(exit code {0 if verdict.passed else 1}; the biased models are meant to fail; WARN passes)")
         console.print(f"demo finished in {time.time() - t0:.0f} s; results in {out}")
         console.print(f"\nopen the dashboard:  [bold]cueaudit dashboard {out}[/]")
         console.print(f"CI-style gate:       cueaudit gate {out} --junit gate.xml --markdown gate.md")
