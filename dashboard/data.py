@@ -27,7 +27,7 @@ import pyarrow.dataset as pads
 import streamlit as st
 
 from pipeline.analysis.checks import RANK, SKIP, CheckResult
-from pipeline.analysis.cues import StatOptions, colour_cue_class, counterfactual
+from pipeline.analysis.cues import StatOptions, bg_colours, colour_cue_class, counterfactual
 from pipeline.analysis.evidence import ALL, ModelEvidence, analyse, group_stats
 from pipeline.analysis.frame import load_frame
 from pipeline.analysis.stats import Estimate
@@ -272,11 +272,8 @@ def bg_points(frame: pd.DataFrame, model: str, max_points: int = 2000, seed: int
     """Per-image background colours projected on their 2 principal axes, with the leave-one-out
     colour cue (the class whose mean background is nearest) and the class centroids."""
     d = frame[(frame.model == model) & frame.scored & frame.label.notna() & frame.correct.notna()]
-    cells = d.bg_color.to_numpy()
-    has = np.fromiter((c is not None and len(c) == 3 for c in cells), dtype=bool, count=len(cells))
-    colors = np.stack(cells[has]).astype(np.float64) / 255.0 if has.any() else np.empty((0, 3))
-    finite = np.isfinite(colors).all(axis=1)
-    d, colors = d[has][finite], colors[finite]
+    ok, rgb = bg_colours(d.bg_color.to_numpy())
+    d, colors = d[ok], rgb / 255.0
     if len(d) < 2 or d.label.nunique() < 2:
         return None
     labels = d.label.to_numpy(dtype=object)

@@ -8,6 +8,7 @@ data error (the message names the file and the problem).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def _fmt(v: Any, pct: bool = False) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        if v != v:
+        if math.isnan(v):
             return "-"
         return f"{v:.1%}" if pct else f"{v:.3f}"
     return str(v)

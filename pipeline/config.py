@@ -123,7 +123,7 @@ class ModelConfig(_Frozen):
     @field_validator("source")
     @classmethod
     def _known_source(cls, v: str) -> str:
-        kind, sep, arg = v.partition(":")
+        kind, _, arg = v.partition(":")
         if kind not in MODEL_SOURCES:
             raise ValueError(
                 f"unknown model source {v!r} (expected one of efficientnet-lite0, torchvision:<arch>, "
@@ -154,7 +154,7 @@ class ModelConfig(_Frozen):
             num_classes=self.num_classes,
             classes=classes,
             preprocess=self.preprocess.to_preprocess() if self.preprocess else None,
-            kwargs=tuple(sorted(self.kwargs.items())),
+            kwargs=tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in self.kwargs.items())),
         )
 
 
@@ -240,6 +240,21 @@ def _resolve(base: Path, p: str) -> str:
     return str(Path(p) if os.path.isabs(p) else (base / p).resolve())
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (an empty file is an empty mapping); errors name the file."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {what} must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
 def _merge_specs(raw: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
     """Inline ``spec: model.yaml`` entries; keys given next to ``spec`` win. Paths in the spec file
     are made absolute against the spec file's folder."""
@@ -252,12 +267,7 @@ def _merge_specs(raw: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
             spec_path = Path(_resolve(base, str(m["spec"])))
             if not spec_path.is_file():
                 raise ConfigError(f"{where}: models.{i}.spec: file {str(spec_path)!r} does not exist")
-            try:
-                spec = yaml.safe_load(spec_path.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{spec_path}: not valid YAML: {e}") from None
-            if not isinstance(spec, dict):
-                raise ConfigError(f"{spec_path}: a model spec must be a mapping")
+            spec = read_yaml_mapping(spec_path, "model spec")
             for key in ("weights", "classes"):
                 if isinstance(spec.get(key), str) and spec[key] != "imagenet":
                     spec[key] = _resolve(spec_path.parent, spec[key])
@@ -294,13 +304,19 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> LoadedConfig:
 
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     p = Path(path).resolve()
-    if not p.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    return parse_config(read_yaml_mapping(p, "config file"), p)
+
+
+def load_model_spec(path: str | os.PathLike[str]):  # -> workers.models.ModelSpec
+    """A standalone ``model.yaml`` (as ``cueaudit train`` writes it) through the same validation as a
+    config's ``models`` entry; paths resolve against its folder, the name defaults to the folder's."""
+    p = Path(path).resolve()
+    raw = {"name": p.parent.name, **read_yaml_mapping(p, "model spec")}
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return parse_config(raw, p)
+        model = ModelConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(p))) from None
+    return model.to_spec(p.parent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,14 +413,7 @@ def load_policy(path: str | os.PathLike[str] | None) -> GatePolicy:
     if path is None:
         return GatePolicy()
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"policy file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the policy must be a YAML mapping")
+    raw = read_yaml_mapping(p, "policy file")
     try:
         return GatePolicy.model_validate(raw)
     except ValidationError as e:

@@ -11,17 +11,18 @@ Torch-free: it decodes with Pillow on a thread pool, at a small size.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
-from pipeline.analysis.cues import colour_cue_class, colour_null
+from pipeline.analysis.cues import associations, colour_cue_class, colour_null
+from pipeline.analysis.evidence import to_jsonable
 from workers.annotations import AnnotationError, loads
 from workers.decode import ImageError, load_for_model, rasterize
 from workers.preprocess import Preprocess
@@ -65,7 +66,7 @@ class DatasetReport:
     flags: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=lambda o: None if o != o else o))
+        return to_jsonable(self)  # NaN -> None, tuples -> lists
 
 
 def image_facts(row: dict[str, Any]) -> ImageFacts:
@@ -139,13 +140,9 @@ def build_report(manifest: pa.Table, threads: int = 8, min_n: int = 20) -> Datas
         co[lab] = {c: n / len(fs) for c, n in sorted(counts.items())}
         for c, n in counts.items():
             present[c][lab] += n
-    base = {lab: len(fs) / max(1, len(labelled)) for lab, fs in by_class.items()}
-    assoc = {}
-    for c, cnt in present.items():
-        total = sum(cnt.values())
-        lab, n = cnt.most_common(1)[0]
-        if total >= min_n and n / total - base.get(lab, 0) >= 0.2:
-            assoc[c] = lab
+    # The same association rule the co-occurrence check applies to model results.
+    assoc = associations(pd.DataFrame({"label": [f.label for f in labelled],
+                                       "other_areas": [dict.fromkeys(f.categories, 1.0) for f in labelled]}), min_n)
     flags = []
     if pred is not None and chance is not None and null95 is not None and pred > null95 and pred - chance >= 0.10:
         flags.append(f"background colour predicts the label at {pred:.0%} (chance {chance:.0%}): "
@@ -199,4 +196,4 @@ def print_dataset_report(r: DatasetReport, console: Any) -> None:
 
 
 def write_json(r: DatasetReport, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(r.to_dict(), indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
+    Path(path).write_text(json.dumps(r.to_dict(), indent=2))

@@ -16,7 +16,16 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.analysis.checks import FAIL, PASS, SKIP, WARN, CheckContext, CheckResult, model_status, run_checks
+from pipeline.analysis.checks import (
+    FAIL,
+    PASS,
+    SKIP,
+    WARN,
+    CheckContext,
+    CheckResult,
+    model_status,
+    run_checks,
+)
 from pipeline.analysis.cues import StatOptions
 from pipeline.analysis.evidence import ModelEvidence, analyse, to_jsonable
 from pipeline.analysis.frame import load_frame

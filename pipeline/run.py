@@ -162,7 +162,7 @@ def _resources(ray: Any, exe: Any) -> dict[str, Any]:
         raise RunError(f"execution.gpus_per_worker={gpus} but the cluster has {gpus_avail:g} GPU(s)")
     workers = exe.workers or (max(1, int(gpus_avail // gpus)) if gpus else 1)
     cpus = float(exe.cpus_per_worker)
-    if cpus * workers >= cpus_avail and cpus_avail > 1:
+    if cpus * workers >= cpus_avail > 1:
         cpus = max(0.5, (cpus_avail - 1) / workers)  # leave a CPU for the prepare tasks
     threads = None if gpus else max(1, cpus_avail // workers)
     return {"workers": workers, "gpus": gpus, "cpus": cpus, "threads": threads,
@@ -302,15 +302,22 @@ class _NoBar:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *a: Any) -> None:
+    def __exit__(self, *a: object) -> None:
         return None
 
 
 def _progress(console: Any, enabled: bool, name: str, total: int) -> Any:
     if not enabled:
         return _NoBar()
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class Speed(ProgressColumn):
@@ -328,7 +335,7 @@ def error_counts(out: Path, models: list[str]) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     try:
         t = read_results(out, columns=["model", "error_kind"], models=models)
-    except Exception:  # noqa: BLE001 - a summary must not fail the run that produced the results
+    except Exception:  # a summary must not fail the run that produced the results
         log.exception("could not count errors in %s", out)
         return counts
     for m, k in zip(t.column("model").to_pylist(), t.column("error_kind").to_pylist(), strict=True):
@@ -350,7 +357,7 @@ def headline(out: Path, models: list[str]) -> list[dict[str, Any]]:
         ok = d[d.error.isna()]
         rows.append({
             "model": m,
-            "images": int(len(d)),
+            "images": len(d),
             "errors": int(d.error.notna().sum()),
             "accuracy": float(ok.correct.dropna().astype(float).mean()) if ok.correct.notna().any() else float("nan"),
             "object_share": float(np.nanmean(ok.object_share)) if ok.object_share.notna().any() else float("nan"),

@@ -306,7 +306,7 @@ def read_results(
     models: Sequence[str] | None = None,
     as_of: str | None = None,
     current_only: bool = True,
-    filter: pc.Expression | None = None,  # noqa: A002 - pyarrow's own name for it
+    filter: pc.Expression | None = None,  # pyarrow's own name for it
 ) -> pa.Table:
     """The results as a table: one row per (model, image), the latest scoring of each.
 

@@ -31,9 +31,10 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+from pipeline.config import load_model_spec
 from pipeline.synth import BIASED_CORRELATION, DEFAULT_CLASSES, SYNTH_VERSION, SynthConfig, generate
 from workers.archs import ARCHS
-from workers.models import ModelLoadError, ModelSpec, Preprocess, load_model
+from workers.models import ModelSpec, Preprocess, load_model
 
 log = logging.getLogger(__name__)
 
@@ -163,47 +164,9 @@ def write_spec(path: Path, name: str, arch: str, classes: list[str], pre: Prepro
 
 
 def spec_from_yaml(path: str | os.PathLike[str]) -> ModelSpec:
-    """Read a ``model.yaml`` into a :class:`ModelSpec`; ``weights`` is resolved against the yaml's folder."""
-    p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(f"model spec {str(p)!r} does not exist") from None
-    except yaml.YAMLError as e:
-        raise ModelLoadError(f"model spec {str(p)!r} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ModelLoadError(f"model spec {str(p)!r} must be a mapping, got {type(raw).__name__}")
-    known = {"name", "source", "weights", "num_classes", "classes", "preprocess", "kwargs", "layer"}
-    unknown = sorted(set(raw) - known)
-    if unknown or "source" not in raw:
-        raise ModelLoadError(f"model spec {str(p)!r}: needs 'source'; unknown keys {unknown} (allowed: {sorted(known)})")
-    weights = raw.get("weights")
-    if weights is not None:
-        weights = str(Path(weights) if os.path.isabs(weights) else (p.parent / weights).resolve())
-    pre = raw.get("preprocess")
-    try:
-        preprocess = None
-        if pre is not None:
-            size = pre.get("size", 224)
-            preprocess = Preprocess(
-                size=(size, size) if isinstance(size, int) else tuple(size),
-                resize=pre.get("resize", "resize_crop"),
-                crop_pct=float(pre.get("crop_pct", 0.875)),
-                mean=tuple(pre["mean"]) if "mean" in pre else Preprocess().mean,
-                std=tuple(pre["std"]) if "std" in pre else Preprocess().std,
-            )
-    except (TypeError, ValueError, AttributeError) as e:
-        raise ModelLoadError(f"model spec {str(p)!r}: bad preprocess {pre!r}: {e}") from None
-    kwargs = raw.get("kwargs") or {}
-    return ModelSpec(
-        name=str(raw.get("name") or p.parent.name),
-        source=str(raw["source"]),
-        weights=weights,
-        num_classes=raw.get("num_classes"),
-        classes=tuple(raw["classes"]) if raw.get("classes") else None,
-        preprocess=preprocess,
-        kwargs=tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())),
-    )
+    """Read a ``model.yaml`` into a :class:`ModelSpec` (``weights`` resolved against its folder), with
+    exactly the validation an audit config's ``spec:`` entry gets."""
+    return load_model_spec(path)
 
 
 # --------------------------------------------------------------------------------------- training

@@ -35,8 +35,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from workers.annotations import ObjectAnn
 from workers.geometry import Geometry
-from workers.rle import check_runs, rle_counts, rle_size
 from workers.preprocess import Preprocess
+from workers.rle import check_runs, rle_counts, rle_size
 
 log = logging.getLogger(__name__)
 

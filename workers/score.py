@@ -344,9 +344,9 @@ def _f(v: float) -> float | None:
 
 
 def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-    obj = lambda: np.full(n, None, dtype=object)  # noqa: E731
-    nan = lambda: np.full(n, np.nan, dtype=np.float32)  # noqa: E731
-    neg = lambda: np.full(n, -1, dtype=np.int32)  # noqa: E731
+    obj = lambda: np.full(n, None, dtype=object)
+    nan = lambda: np.full(n, np.nan, dtype=np.float32)
+    neg = lambda: np.full(n, -1, dtype=np.int32)
     out: dict[str, Any] = {
         "image_id": np.asarray(batch["image_id"], dtype=object),
         "path": np.asarray(batch["path"], dtype=object),

@@ -101,7 +101,7 @@ class Check:
                           pol.warn, pol.fail, "")
         try:
             found = self.findings(ev, ctx, pol)
-        except Exception as e:  # noqa: BLE001 - a broken check is reported as ERROR, never hidden
+        except Exception as e:  # a broken check is reported as ERROR, never hidden
             log.exception("check %s failed on model %s", self.name, ev.model)
             res.status, res.message = ERROR, f"check raised {type(e).__name__}: {e}"
             return res

@@ -15,8 +15,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.analysis.cues import (
-    AttributeGap, BgColourEvidence, CooccurrenceEvidence, CounterfactualEvidence, StatOptions, attribute_gaps,
-    background_colour, cooccurrence, counterfactual,
+    AttributeGap,
+    BgColourEvidence,
+    CooccurrenceEvidence,
+    CounterfactualEvidence,
+    StatOptions,
+    attribute_gaps,
+    background_colour,
+    cooccurrence,
+    counterfactual,
 )
 from pipeline.analysis.stats import NAN, Estimate, median_ci
 

@@ -8,7 +8,7 @@ dataset itself (a missing annotation file) raises :class:`ReaderError` naming th
 
 from __future__ import annotations
 
-from pipeline.readers.base import READERS, ManifestRow, Reader, ReaderError, read_manifest
 from pipeline.readers import coco, folder, manifest, voc  # noqa: F401  (register the readers)
+from pipeline.readers.base import READERS, ManifestRow, Reader, ReaderError, read_manifest
 
 __all__ = ["READERS", "ManifestRow", "Reader", "ReaderError", "read_manifest"]
