@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import GatePolicy, parse_config
-from pipeline.demo import CLASSES, CUES
+from cuebench.demo import CLASSES, CUES
 from pipeline.gate import evaluate
 from pipeline.run import ray_session, run_audit
-from pipeline.synth import AUDIT_CORRELATION, SynthConfig, generate
-from pipeline.train import train_cached
+from cuebench.synth import AUDIT_CORRELATION, SynthConfig, generate
+from cuebench.train import train_cached
 
 SEEDS = (101, 102, 103)
 LAYERS = ("layer3", "layer4")

@@ -1,6 +1,6 @@
 """Images/s of ``cueaudit run`` from JPEG files on disk to Parquet, and where the time goes.
 
-The data are synthetic 224x224 JPEGs with polygon annotations (:mod:`pipeline.synth`, the
+The data are synthetic 224x224 JPEGs with polygon annotations (:mod:`cuebench.synth`, the
 background-colour cue), generated once and cached under ``.cueaudit/bench/``; the model is a
 torchvision ResNet-18 with random weights saved to a local state_dict (3 classes). The audit runs
 through the real machinery: :func:`pipeline.config.parse_config` -> :func:`pipeline.run.run_audit`
@@ -35,7 +35,7 @@ TARGET_GPU_IPS = 3000.0  # one GPU with 16 CPU cores, from JPEG
 
 def dataset(n: int, size: int = 224, cache: Path = CACHE) -> Path:
     """``n`` synthetic JPEGs (background-colour cue, 60% aligned) with a manifest; cached by (n, size)."""
-    from pipeline.synth import SYNTH_VERSION, SynthConfig, generate
+    from cuebench.synth import SYNTH_VERSION, SynthConfig, generate
 
     out = Path(cache) / f"jpg{size}-n{n}-v{SYNTH_VERSION}"
     if not (out / "manifest.csv").is_file():

@@ -167,7 +167,7 @@ def bf16_agreement(devices: list[str] | None = None, models: tuple[str, ...] = (
     """
     import torch.nn.functional as F
 
-    from pipeline.realphotos import load_photo, photo_specs
+    from cuebench.realphotos import load_photo, photo_specs
 
     devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     imgs = [torch.from_numpy(load_photo(p["loader"])).permute(2, 0, 1).float() for p in photo_specs()]

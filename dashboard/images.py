@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from workers.annotations import AnnotationError, ObjectAnn, loads
-from workers.rle import decode_rle
+from common.annotations import AnnotationError, ObjectAnn, loads
+from common.rle import decode_rle
 
 TARGET_RGB = (0, 255, 0)  # the labelled object
 OTHER_RGB = (255, 0, 255)  # other annotated categories (co-occurring objects)

@@ -183,7 +183,7 @@ def synth(
     image_format: Annotated[str, typer.Option("--format", help="png | jpg")] = "png",
 ) -> None:
     """Write a synthetic dataset with a known spurious cue and exact masks / COCO annotations."""
-    from pipeline.synth import CUES, SynthConfig, SynthError, generate
+    from cuebench.synth import CUES, SynthConfig, SynthError, generate
 
     if cue not in CUES:
         _fail(f"unknown cue {cue!r}; valid: {', '.join(CUES.names())}")
@@ -208,8 +208,8 @@ def train(
     size: Annotated[int, typer.Option(help="input side in pixels")] = 64,
 ) -> None:
     """Train the small benchmark CNN on DATA on the CPU; writes a model.yaml an audit config can use."""
-    from pipeline.train import TrainError
-    from pipeline.train import train as train_model
+    from cuebench.train import TrainError
+    from cuebench.train import train as train_model
 
     try:
         res = train_model(data, out, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, size=size)
@@ -227,7 +227,7 @@ def demo(
     address: Annotated[str | None, typer.Option(help="Ray address (default: a local Ray)")] = None,
 ) -> None:
     """Synthetic cue datasets + real photos -> train biased/fair models -> audit on Ray -> verdicts."""
-    from pipeline.demo import run_demo
+    from cuebench.demo import run_demo
 
     _setup_logging(False)
     run_demo(out=out, work=work, quick=quick, address=address, console=console)
@@ -256,7 +256,7 @@ def list_(
 
         groups["checks"] = CHECKS.names()
     if what in ("all", "cues"):
-        from pipeline.synth import CUES
+        from cuebench.synth import CUES
 
         groups["synthetic cues"] = CUES.names()
     if not groups:

@@ -99,7 +99,7 @@ class PreprocessConfig(_Frozen):
     std: Literal["imagenet"] | tuple[float, float, float] = "imagenet"
 
     def to_preprocess(self):  # -> workers.models.Preprocess (import deferred: keeps config torch-free)
-        from workers.preprocess import Preprocess
+        from common.preprocess import Preprocess
 
         size = (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
         mean = IMAGENET_MEAN if self.mean == "imagenet" else tuple(self.mean)

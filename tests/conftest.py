@@ -42,7 +42,7 @@ def demo_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quick synthetic demo's results: biased + fair models per cue, and efficientnet-lite0 on
     real photos. Datasets and trained models are cached under .cueaudit/test-cache (seed 0; the
     gate's thresholds were calibrated on seeds 101-103)."""
-    from pipeline.demo import run_demo
+    from cuebench.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo") / "results"
     run_demo(out=out, work=CACHE, quick=True, progress=False)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1, conv3x3
 
-from workers.registry import Registry
+from common.registry import Registry
 
 STAGE_STRIDES = (1, 2, 2, 2)
 

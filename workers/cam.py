@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from workers.registry import Registry
+from common.registry import Registry
 
 __all__ = [
     "CAM_METHODS",

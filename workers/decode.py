@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from workers.annotations import ObjectAnn
+from common.annotations import ObjectAnn
 from workers.geometry import Geometry
-from workers.preprocess import Preprocess
-from workers.rle import check_runs, rle_counts, rle_size
+from common.preprocess import Preprocess
+from common.rle import check_runs, rle_counts, rle_size
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from workers.preprocess import Preprocess
+from common.preprocess import Preprocess
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - re-exported
-from workers.registry import Registry
+from common.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - re-exported
+from common.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.annotations import AnnotationError, loads
+from common.annotations import AnnotationError, loads
 from workers.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
-from workers.preprocess import Preprocess
+from common.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pipeline.analysis.cues import StatOptions
 from pipeline.analysis.evidence import ModelEvidence
 from pipeline.analysis.stats import Estimate
 from pipeline.config import CheckPolicy, GatePolicy
-from workers.registry import Registry
+from common.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from pipeline.schema import MANIFEST_SCHEMA
-from workers.annotations import ObjectAnn, dumps
-from workers.registry import Registry
+from common.annotations import ObjectAnn, dumps
+from common.registry import Registry
 
 log = logging.getLogger(__name__)
 

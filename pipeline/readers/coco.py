@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.readers.base import ManifestRow, Reader, ReaderError, pick_label, register
-from workers.annotations import AnnotationError, ObjectAnn
+from common.annotations import AnnotationError, ObjectAnn
 
 
 def coco_object(ann: dict[str, Any], category: str) -> ObjectAnn:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.readers.base import ManifestRow, Reader, ReaderError, register
-from workers.annotations import ObjectAnn
+from common.annotations import ObjectAnn
 
 
 @register

@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.readers.base import ManifestRow, Reader, ReaderError, register
-from workers.annotations import AnnotationError, ObjectAnn, loads
+from common.annotations import AnnotationError, ObjectAnn, loads
 
 REQUIRED = ("image",)
 KNOWN = ("image", "label", "mask", "bbox", "objects", "attributes", "image_id")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.readers.base import ManifestRow, Reader, ReaderError, pick_label, register
-from workers.annotations import ObjectAnn
+from common.annotations import ObjectAnn
 
 
 def parse_voc(path: Path) -> tuple[str, list[ObjectAnn]]:

@@ -20,8 +20,8 @@ from dashboard.images import (
     normalise,
     overlay,
 )
-from workers.annotations import ObjectAnn, dumps
-from workers.rle import decode_rle
+from common.annotations import ObjectAnn, dumps
+from common.rle import decode_rle
 
 
 @pytest.fixture

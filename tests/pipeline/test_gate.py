@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.demo import CUES, EXPECTED_CHECK
+from cuebench.demo import CUES, EXPECTED_CHECK
 from pipeline.gate import evaluate
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]

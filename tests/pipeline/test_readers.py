@@ -14,7 +14,7 @@ from PIL import Image
 from pipeline.config import CocoDataset, FolderDataset, ManifestDataset, VocDataset
 from pipeline.readers import READERS, ReaderError, read_manifest
 from pipeline.schema import MANIFEST_SCHEMA
-from workers.annotations import loads
+from common.annotations import loads
 
 
 def _img(p: Path, size=(20, 10)) -> Path:

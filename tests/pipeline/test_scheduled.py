@@ -11,7 +11,7 @@ from pipeline.config import parse_config
 from pipeline.gate import evaluate
 from pipeline.run import run_audit
 from pipeline.schema import read_results, read_runs
-from pipeline.synth import SynthConfig, generate
+from cuebench.synth import SynthConfig, generate
 
 pytestmark = pytest.mark.ray
 TINY = {"source": "python:tests.factories:tiny_cnn", "num_classes": 3, "classes": ["disk", "square", "triangle"],

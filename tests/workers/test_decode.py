@@ -15,7 +15,7 @@ from PIL import Image, ImageFile
 from PIL.JpegImagePlugin import JpegImageFile
 from pycocotools import mask as mask_utils
 
-from workers.annotations import ObjectAnn
+from common.annotations import ObjectAnn
 from workers.decode import ImageError, MaskError, load_for_model, open_image, polygon_coverage, rasterize
 from workers.geometry import Geometry
 from workers.models import Preprocess

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from torchvision import transforms
 
-from workers.annotations import ObjectAnn
+from common.annotations import ObjectAnn
 from workers.decode import rasterize
 from workers.geometry import Geometry
 from workers.models import Preprocess

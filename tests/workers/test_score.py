@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline.collect import worker_table
 from pipeline.schema import RESULT_SCHEMA
-from workers.annotations import ObjectAnn, dumps
+from common.annotations import ObjectAnn, dumps
 from workers.models import ModelSpec, Preprocess
 from workers.prepare import PrepareOptions, prepare_batch
 from workers.score import RESULT_KEYS, ScoreOptions, Scorer

@@ -41,8 +41,8 @@ from typing import ClassVar, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from workers.annotations import ObjectAnn, dumps
-from workers.registry import Registry
+from common.annotations import ObjectAnn, dumps
+from common.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.synth import CUES, SynthConfig, SynthError, generate, render, synth_suite
-from workers.annotations import loads
-from workers.registry import RegistryError
+from cuebench.synth import CUES, SynthConfig, SynthError, generate, render, synth_suite
+from common.annotations import loads
+from common.registry import RegistryError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -186,5 +186,5 @@ def test_four_classes_render() -> None:
 
 
 def test_synth_imports_no_torch() -> None:
-    code = "import sys, pipeline.synth; sys.exit('torch' in sys.modules)"
+    code = "import sys, cuebench.synth; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT).returncode == 0

@@ -32,7 +32,7 @@ import yaml
 from PIL import Image
 
 from pipeline.config import load_model_spec
-from pipeline.synth import BIASED_CORRELATION, DEFAULT_CLASSES, SYNTH_VERSION, SynthConfig, generate
+from cuebench.synth import BIASED_CORRELATION, DEFAULT_CLASSES, SYNTH_VERSION, SynthConfig, generate
 from workers.archs import ARCHS
 from workers.models import ModelSpec, Preprocess, load_model
 

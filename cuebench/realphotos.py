@@ -1,6 +1,6 @@
 """Real photos with hand-annotated object boxes: scikit-image's bundled sample images.
 
-The boxes ship in ``pipeline/data/real_photos.json``. Each photo is written in a few views (the
+The boxes ship in ``cuebench/data/real_photos.json``. Each photo is written in a few views (the
 original, a mirror, and crops that keep the object) so an audit of a pretrained ImageNet model has
 enough images for the statistics to say something; every view's boxes are transformed with it.
 Nothing is downloaded: the photos are files inside the scikit-image wheel.
@@ -22,7 +22,7 @@ CROP = 0.8  # crops keep 80% of each side
 
 
 def photo_specs() -> list[dict[str, Any]]:
-    text = resources.files("pipeline").joinpath("data/real_photos.json").read_text()
+    text = resources.files("cuebench").joinpath("data/real_photos.json").read_text()
     return json.loads(text)["photos"]
 
 

@@ -37,7 +37,7 @@ REAL_LABELS = ("tabby", "espresso", "missile", "moped", "tripod")
 
 @dataclass(frozen=True)
 class DemoSize:
-    audit_n: int  # images per synthetic audit set (training uses pipeline.train's defaults)
+    audit_n: int  # images per synthetic audit set (training uses cuebench.train's defaults)
 
 
 FULL = DemoSize(audit_n=600)
@@ -80,9 +80,9 @@ def real_config(coco: Path, out: Path) -> dict[str, Any]:
 def prepare(work: Path, size: DemoSize, console: Any = None,
             seed: int = 0) -> tuple[list[tuple[str, Path, dict[str, Path]]], Path]:
     """Datasets and trained models: per cue (name, audit set, {variant: model dir}), and the real photos' COCO file."""
-    from pipeline.realphotos import write_real_dataset
-    from pipeline.synth import AUDIT_CORRELATION, SynthConfig, generate
-    from pipeline.train import train_cached
+    from cuebench.realphotos import write_real_dataset
+    from cuebench.synth import AUDIT_CORRELATION, SynthConfig, generate
+    from cuebench.train import train_cached
 
     work.mkdir(parents=True, exist_ok=True)
     configs = []
