@@ -226,11 +226,15 @@ def demo(
     quick: Annotated[bool, typer.Option(help="smaller audit sets (for tests)")] = False,
     address: Annotated[str | None, typer.Option(help="Ray address (default: a local Ray)")] = None,
 ) -> None:
-    """Synthetic cue datasets + real photos -> train biased/fair models -> audit on Ray -> verdicts."""
+    """Synthetic cue datasets + real photos -> train biased/fair models -> audit on Ray -> verdicts.
+
+    Exits with the gate's exit code: 1 when a model fails, which the biased models do on purpose.
+    """
     from cuebench.demo import run_demo
 
     _setup_logging(False)
-    run_demo(out=out, work=work, quick=quick, address=address, console=console)
+    code = run_demo(out=out, work=work, quick=quick, address=address, console=console)
+    raise typer.Exit(code)
 
 
 @app.command("list")

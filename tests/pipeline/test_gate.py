@@ -9,6 +9,7 @@ models use seed 0.
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -125,3 +126,14 @@ def test_dataset_report_sees_the_planted_cues(demo_results, tmp_path):
     assert "colour shortcut is available" in r.output
     r = runner.invoke(app, ["dataset-report", str(by["cooccur"])])
     assert "co-occurrence shortcut is available" in r.output and "colour shortcut" not in r.output
+
+
+def test_demo_command_exits_with_the_gates_code(demo_results, tmp_path):
+    from tests.conftest import CACHE
+
+    out = tmp_path / "results"
+    shutil.copytree(demo_results, out)  # resumed: nothing left to score, the gate judges the same results
+    r = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--work", str(CACHE)])
+    expected = 0 if evaluate(out).passed else 1
+    assert expected == 1  # the biased models fail on purpose
+    assert r.exit_code == expected, r.output
