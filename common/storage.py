@@ -303,7 +303,8 @@ class Location:
         return self._type() == pafs.FileType.Directory
 
     def stat(self) -> _Stat:
-        info = self.info()
+        """Size and mtime; a Location from a listing answers from the listing (no request per file)."""
+        info = self._info or self.info()
         if info.type == pafs.FileType.NotFound:
             raise FileNotFoundError(2, "No such file or directory", self.uri)
         mt = info.mtime_ns or 0

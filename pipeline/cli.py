@@ -153,11 +153,10 @@ def dataset_report(
     limit: Annotated[int | None, typer.Option(help="look at the first N images only")] = None,
 ) -> None:
     """The cues the DATASET offers before any model: colour/label association, co-occurrence, object layout."""
+    from common.storage import configure
     from pipeline.config import ConfigError, load_config
     from pipeline.dataset_report import build_report, print_dataset_report, write_json
     from pipeline.readers import ReaderError, read_manifest
-
-    from common.storage import configure
 
     try:
         loaded = load_config(config)

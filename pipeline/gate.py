@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from common.storage import AnyPath, as_path
 from pipeline.analysis.checks import (
     FAIL,
     PASS,
@@ -31,7 +32,6 @@ from pipeline.analysis.evidence import ModelEvidence, analyse, to_jsonable
 from pipeline.analysis.frame import load_frame
 from pipeline.config import GatePolicy
 from pipeline.schema import ResultsError, is_results_dir, part_files, read_runs
-from common.storage import AnyPath, as_path
 
 ICON = {PASS: "✅", WARN: "⚠️", FAIL: "❌", SKIP: "➖", "ERROR": "💥"}
 

@@ -34,12 +34,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common.storage import configure
 from pipeline.collect import timings, worker_table
 from pipeline.config import LoadedConfig
 from pipeline.donors import assign_donors
 from pipeline.readers import read_manifest
 from pipeline.schema import ModelRun, PartWriter, RunRecord, new_run_id, scored_ids, write_run
-from common.storage import configure
 
 log = logging.getLogger(__name__)
 
