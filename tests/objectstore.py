@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,15 +48,22 @@ class S3Server:
 
 
 @contextmanager
-def s3_server() -> Iterator[S3Server]:
-    """Start moto's server on a free loopback port with the environment pointed at it; stop it after."""
-    from moto.server import ThreadedMotoServer
+def s3_server(own_process: bool = False) -> Iterator[S3Server]:
+    """Start moto's server on a free loopback port with the environment pointed at it; stop it after.
 
+    ``own_process``: run it as a separate ``python -m moto.server`` (benchmarks: a server in the
+    driver's process would compete with the driver for the GIL), else in a thread of this process.
+    """
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    if own_process:
+        stop, endpoint = _start_process()
+    else:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        stop, endpoint = server.stop, f"http://{host}:{port}"
     saved = {k: os.environ.get(k) for k in (*ENV, "AWS_ENDPOINT_URL")}
     os.environ.update(ENV, AWS_ENDPOINT_URL=endpoint)
     try:
@@ -62,4 +74,29 @@ def s3_server() -> Iterator[S3Server]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        server.stop()
+        stop()
+
+
+def _start_process() -> tuple[Callable[[], None], str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start on {endpoint}") from None
+            time.sleep(0.2)
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    return stop, endpoint
