@@ -102,3 +102,13 @@ def test_endpoint_comes_from_the_config_when_the_environment_has_none(s3, bucket
             (bucket / "x.txt").read_bytes()
     finally:
         configure(None)
+
+
+def test_other_protocols_go_through_fsspec():
+    pytest.importorskip("fsspec")
+    loc = Location(f"memory://cueaudit-{uuid.uuid4().hex[:8]}/dir/a.txt")
+    loc.parent.mkdir(parents=True, exist_ok=True)
+    loc.write_bytes(b"in memory")
+    assert loc.read_bytes() == b"in memory" and loc.is_file() and [p.name for p in loc.parent.iterdir()] == ["a.txt"]
+    with pytest.raises(StorageError, match="no filesystem for 'nosuchproto://'"):
+        Location("nosuchproto://x/y").read_bytes()
