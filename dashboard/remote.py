@@ -25,8 +25,8 @@ class UnsafeSourceError(ValueError):
 
 
 def _key_ok(uri: str) -> bool:
-    key = uri.split("://", 1)[1]
-    segments = key.split("/")
+    """``scheme://bucket/k/e/y`` with a bucket and no empty, ``.`` or ``..`` segment."""
+    segments = uri.split("://", 1)[-1].split("/") if "://" in uri else [""]
     return bool(segments[0]) and all(s not in ("", ".", "..") for s in segments[1:])
 
 
@@ -47,7 +47,7 @@ def guard_source(path: str, roots: Sequence[str], base: str | None,
     if not is_uri(outer):
         local_guard(outer, roots)  # raises for a container outside the local roots
         return uri
-    remote = [r.rstrip("/") for r in roots if r and is_uri(r) and _key_ok(r.rstrip("/") + "/x")]
+    remote = [r.rstrip("/") for r in roots if r and is_uri(r) and _key_ok(r.rstrip("/"))]
     if not remote:
         raise UnsafeSourceError("no object-store dataset root is recorded for these results, so no object is served")
     if not _key_ok(outer):
