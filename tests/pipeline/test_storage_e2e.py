@@ -187,6 +187,13 @@ def test_the_dashboard_reads_bucket_results_and_serves_only_audited_images(world
     crafted = dict(next(iter(details.values())), path=f"{world['bucket']}/hf/state.json")
     assert "outside the audited dataset roots" in figure(crafted, roots, 96).refused
 
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app as cli
+
+    res = CliRunner().invoke(cli, ["gate", root, "--quiet"])
+    assert res.exit_code in (0, 1) and "gate " in res.output, res.output  # judged, not a usage error (2)
+
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv(ENV_RESULTS, root)
