@@ -13,6 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from common.storage import as_path
 from dashboard import ENV_POLICY, ENV_RESULTS, data
 from dashboard.views import compare, explorer, model, overview
 from dashboard.views.common import PAGES, Ctx
@@ -62,7 +63,7 @@ def main() -> None:
         st.error(f"No results directory given. Start the dashboard with `cueaudit dashboard RESULTS` "
                  f"(or set {ENV_RESULTS}).")
         return
-    root = str(Path(results).expanduser().resolve())
+    root = str(as_path(results).expanduser().resolve())  # a directory, or an s3://... prefix as given
     st.sidebar.caption(f"Results: `{root}`" + (f"  \nPolicy: `{policy}`" if policy else ""))
     if not is_results_dir(root):
         st.error(f"`{root}` is not a cueaudit results directory (no `model=*/` part files, no `_runs/`). "

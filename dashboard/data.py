@@ -17,15 +17,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import streamlit as st
 
+from common.storage import as_path
 from pipeline.analysis.checks import RANK, SKIP, CheckResult
 from pipeline.analysis.cues import StatOptions, bg_colours, colour_cue_class, counterfactual
 from pipeline.analysis.evidence import ALL, ModelEvidence, analyse, group_stats
@@ -33,7 +32,7 @@ from pipeline.analysis.frame import load_frame
 from pipeline.analysis.stats import Estimate
 from pipeline.config import GatePolicy, load_policy
 from pipeline.gate import Verdict, evaluate, stat_options
-from pipeline.schema import RESULT_SCHEMA, RUNS_DIR, RunRecord, part_files, read_runs
+from pipeline.schema import RUNS_DIR, RunRecord, open_parts, part_files, read_runs
 
 STALE_AFTER_S = 600  # a "running" run with no new part for this long is probably killed
 TREND_MAX_RUNS = 20
@@ -68,7 +67,7 @@ HEADLINES = {  # key -> (title, shown as a percentage)
 
 def version(root: str | os.PathLike[str]) -> str:
     """``<newest mtime_ns>-<parts>-<runs>`` over part files and run records ("missing" when no directory)."""
-    r = Path(root)
+    r = as_path(root)  # a directory or an object-store prefix (one listing of each, no per-file request)
     if not r.is_dir():
         return "missing"
     files = [*r.glob("model=*/part-*.parquet"), *(r / RUNS_DIR).glob("*.json")]
@@ -92,8 +91,8 @@ def run_roots(runs: Sequence[RunRecord]) -> list[str]:
 
 def last_activity(root: str | os.PathLike[str], run: RunRecord) -> float | None:
     """Newest mtime (epoch s) of the run's part files, else of its record."""
-    times = [f.stat().st_mtime for f in Path(root).glob(f"model=*/part-{run.run_id}-*.parquet")]
-    rec = Path(root) / RUNS_DIR / f"{run.run_id}.json"
+    times = [f.stat().st_mtime for f in as_path(root).glob(f"model=*/part-{run.run_id}-*.parquet")]
+    rec = as_path(root) / RUNS_DIR / f"{run.run_id}.json"
     if rec.exists():
         times.append(rec.stat().st_mtime)
     return max(times) if times else None
@@ -350,7 +349,7 @@ def fetch_details(root: str | os.PathLike[str], model: str, keys: Sequence[Key])
     files = part_files(root, [model])
     run_ids = {k[1] for k in keys}
     mine = [f for f in files if any(f.name.startswith(f"part-{r}-") for r in run_ids)]
-    ds = pads.dataset([str(f) for f in (mine or files)], schema=RESULT_SCHEMA, format="parquet")
+    ds = open_parts(mine or files)
     ids = sorted({k[0] for k in keys})
     flt = (pc.field("model") == model) & pc.field("image_id").isin(ids)
     want = set(keys)

@@ -25,6 +25,9 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from common.annotations import AnnotationError, ObjectAnn, loads
 from common.rle import decode_rle
+from common.sources import SourceError
+from common.storage import is_uri
+from dashboard.remote import UnsafeSourceError, guard_source, open_source
 
 TARGET_RGB = (0, 255, 0)  # the labelled object
 OTHER_RGB = (255, 0, 255)  # other annotated categories (co-occurring objects)
@@ -44,17 +47,24 @@ def _real(p: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(os.path.abspath(os.fspath(p))))
 
 
-def guard_path(path: str | None, roots: Iterable[str | os.PathLike[str]], base: str | None = None) -> Path:
+def guard_path(path: str | None, roots: Iterable[str | os.PathLike[str]], base: str | None = None) -> Path | str:
     """The real path of ``path`` if it is a regular file inside one of ``roots``, else raise.
 
     Both sides are resolved with :func:`os.path.realpath`, so ``root/../../secret`` and symlinks
     pointing out of a root are judged by where they really lead. A relative ``path`` is taken
     relative to ``base`` (the row's dataset root). A filesystem root (``/``) is never an allowed root.
+    A source URI (an object, a tar member, a dataset row) is judged by :func:`dashboard.remote.guard_source`
+    and returned as a string.
     """
     if not path:
         raise UnsafePathError("the row has no image path")
     if "\x00" in path:
         raise UnsafePathError(f"image path {path!r} contains a NUL byte")
+    if is_uri(path) or (base and is_uri(base) and not os.path.isabs(path)):
+        try:
+            return guard_source(path, [os.fspath(r) for r in roots if r], base, _guard_local)
+        except UnsafeSourceError as e:
+            raise UnsafePathError(str(e)) from None
     p = Path(path)
     if not p.is_absolute():
         if not base:
@@ -78,6 +88,10 @@ def guard_path(path: str | None, roots: Iterable[str | os.PathLike[str]], base: 
     if not real.is_file():
         raise UnsafePathError(f"image file {str(real)!r} does not exist or is not a regular file")
     return real
+
+
+def _guard_local(path: str, roots: Iterable[str | os.PathLike[str]]) -> Path:
+    return guard_path(path, [r for r in roots if not is_uri(os.fspath(r))])  # type: ignore[return-value]
 
 
 def allowed_roots(row_root: str | None, run_roots: Sequence[str]) -> list[str]:
@@ -227,7 +241,7 @@ def draw_outlines(img: np.ndarray, objects: Sequence[ObjectAnn], label: str | No
                 if width > 1:
                     edge = _thicken(edge)
                 arr_overlays.append((edge, rgb))
-        except (AnnotationError, UnsafePathError, *_DECODE_ERRORS) as e:
+        except (AnnotationError, UnsafePathError, SourceError, *_DECODE_ERRORS) as e:
             notes.append(f"{obj.category}: outline not drawn ({e})")
     out = np.asarray(im).copy()
     for edge, rgb in arr_overlays:
@@ -239,9 +253,11 @@ def draw_outlines(img: np.ndarray, objects: Sequence[ObjectAnn], label: str | No
 # Loading and composing
 
 
-def load_image(path: Path, max_side: int) -> np.ndarray:
-    """Decode, apply EXIF orientation (results use displayed coordinates), fit into ``max_side``."""
-    with Image.open(path) as im:
+def load_image(path: Path | str, max_side: int, roots: Sequence[str] = ()) -> np.ndarray:
+    """Decode, apply EXIF orientation (results use displayed coordinates), fit into ``max_side``.
+
+    ``path`` is what :func:`guard_path` returned (a source URI is read through ``roots``' guard)."""
+    with Image.open(open_source(path, roots, _guard_local)) as im:
         if im.width * im.height > MAX_PIXELS:
             raise UnsafePathError(f"image {str(path)!r} has {im.width}x{im.height} pixels; not decoding it")
         im.draft("RGB", (max_side, max_side))
@@ -296,9 +312,11 @@ def figure(row: dict[str, Any], roots: Sequence[str], max_side: int) -> Figure:
     src_w, src_h = row.get("image_w"), row.get("image_h")
     try:
         real = guard_path(row.get("path"), roots, base=row.get("dataset_root"))
-        img = load_image(real, max_side)
+        img = load_image(real, max_side, roots)
     except UnsafePathError as e:
         return _refused(src_w, src_h, max_side, str(e))
+    except SourceError as e:
+        return _refused(src_w, src_h, max_side, f"image {e.message}")
     except _DECODE_ERRORS as e:
         return _refused(src_w, src_h, max_side, f"image {row.get('path')!r} could not be decoded: {e}")
     h, w = img.shape[:2]
@@ -313,7 +331,7 @@ def figure(row: dict[str, Any], roots: Sequence[str], max_side: int) -> Figure:
 
     def load_mask(mask_path: str) -> np.ndarray:
         mp = guard_path(mask_path, roots, base=row.get("dataset_root"))
-        with Image.open(mp) as m:
+        with Image.open(open_source(mp, roots, _guard_local)) as m:
             if m.width * m.height > MAX_PIXELS:
                 raise UnsafePathError(f"mask {str(mp)!r} is too large to decode")
             return np.asarray(ImageOps.exif_transpose(m).convert("L")) > 0

@@ -95,7 +95,7 @@ def run(
 
 @app.command()
 def gate(
-    results: Annotated[Path, typer.Argument(help="results directory written by `cueaudit run`")],
+    results: Annotated[str, typer.Argument(help="results directory (or s3://... prefix) written by `cueaudit run`")],
     policy: Annotated[Path | None, typer.Option(help="gate.yaml (default: the built-in policy)")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="only these models (repeatable)")] = None,
     baseline: Annotated[str | None, typer.Option(help="run id, 'previous', or another results directory")] = None,
@@ -127,7 +127,7 @@ def gate(
 
 @app.command()
 def report(
-    results: Annotated[Path, typer.Argument(help="results directory")],
+    results: Annotated[str, typer.Argument(help="results directory (or s3://... prefix)")],
     policy: Annotated[Path | None, typer.Option(help="gate.yaml for the check columns")] = None,
     model: Annotated[list[str] | None, typer.Option("--model")] = None,
     baseline: Annotated[str | None, typer.Option()] = None,
@@ -153,12 +153,14 @@ def dataset_report(
     limit: Annotated[int | None, typer.Option(help="look at the first N images only")] = None,
 ) -> None:
     """The cues the DATASET offers before any model: colour/label association, co-occurrence, object layout."""
+    from common.storage import configure
     from pipeline.config import ConfigError, load_config
     from pipeline.dataset_report import build_report, print_dataset_report, write_json
     from pipeline.readers import ReaderError, read_manifest
 
     try:
         loaded = load_config(config)
+        configure(loaded.config.storage.to_options())
         manifest = read_manifest(loaded.config.dataset, loaded.base)
     except (ConfigError, ReaderError) as e:
         _fail(str(e))
@@ -287,7 +289,7 @@ def schema(
 
 @app.command()
 def dashboard(
-    results: Annotated[Path, typer.Argument(help="results directory written by `cueaudit run`")],
+    results: Annotated[str, typer.Argument(help="results directory (or s3://... prefix) written by `cueaudit run`")],
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 8501,
     host: Annotated[str, typer.Option(help="address to bind (0.0.0.0: other machines too)")] = "127.0.0.1",
     policy: Annotated[Path | None, typer.Option(help="gate.yaml for the verdicts (default built-in)")] = None,
@@ -295,11 +297,13 @@ def dashboard(
     """Browse RESULTS in the Streamlit dashboard (needs the `dashboard` extra); runs until interrupted."""
     import importlib.util
 
+    from common.storage import as_path
     from pipeline.schema import is_results_dir
 
-    if not results.exists():
-        _fail(f"results directory {str(results)!r} does not exist")
-    if not is_results_dir(results):
+    root = as_path(results)
+    if not root.exists():
+        _fail(f"results directory {results!r} does not exist")
+    if not is_results_dir(root):
         _fail(f"{str(results)!r} is not a cueaudit results directory (no model=*/ part files, no _runs/); "
               "write one with `cueaudit run audit.yaml`")
     if policy is not None and not policy.is_file():
@@ -312,14 +316,14 @@ def dashboard(
     app_path = pkg / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.port", str(port),
            "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--", str(results.resolve())]
+           "--", str(root.resolve())]
     if policy is not None:
         cmd += ["--policy", str(policy.resolve())]
     # Streamlit puts the app's own folder first on sys.path; make sure `dashboard` resolves to this package
     # (an editable install made before dashboard/__init__.py existed maps it as a namespace package).
     path = [str(pkg.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    console.print(f"cueaudit dashboard: http://{host}:{port}  (results {results.resolve()})")
+    console.print(f"cueaudit dashboard: http://{host}:{port}  (results {root.resolve()})")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, cmd, env)  # Streamlit replaces this process: signals reach the server directly

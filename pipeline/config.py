@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.storage import AnyPath, StorageOptions, as_path, is_uri, local_path
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MODEL_SOURCES = ("efficientnet-lite0", "torchvision", "timm", "python")
@@ -84,7 +86,81 @@ class ManifestDataset(_Frozen):
     limit: int | None = Field(default=None, ge=1)
 
 
-DatasetConfig = Annotated[FolderDataset | CocoDataset | VocDataset | ManifestDataset, Field(discriminator="format")]
+class HuggingFaceDataset(_Frozen):
+    """A Hugging Face ``datasets`` dataset: a ``save_to_disk`` folder (a Dataset, or a DatasetDict
+    with ``split``), or Parquet/Arrow files in the Hub's layout (one file, or a folder of them,
+    ``split`` picking files named ``<split>-*`` or under ``<split>/``).
+
+    ``image_column`` holds ``Image`` cells (``{bytes, path}``); ``label_column`` a ``ClassLabel`` (or
+    strings); ``objects_column`` optional COCO-style objects (``bbox``, ``category`` and optionally
+    ``segmentation`` polygons or RLE, ``area``) as a sequence of dicts. Without a label column the
+    label is picked from the objects like COCO's (``label_categories``, ``label_rule``).
+    ``attributes`` lists columns to use as image attributes; ``id_column`` a stable image id (else
+    ``<split>/<row>``, which changes when the dataset is reordered).
+    """
+
+    format: Literal["huggingface"]
+    path: str
+    split: str | None = None
+    image_column: str = "image"
+    label_column: str | None = "label"
+    objects_column: str | None = "objects"
+    id_column: str | None = None
+    attributes: tuple[str, ...] = ()
+    bbox_format: Literal["xywh", "xyxy"] = "xywh"
+    label_categories: tuple[str, ...] | None = None
+    label_rule: Literal["largest", "most"] = "largest"
+    skip_unlabelled: bool = False
+    limit: int | None = Field(default=None, ge=1)
+
+
+class WebDatasetDataset(_Frozen):
+    """WebDataset tar shards, local or remote: per sample ``<key>.jpg|png|...`` plus ``<key>.json``
+    (``label``, ``objects`` as in a manifest, ``attributes``) and/or ``<key>.cls`` (a class index
+    into ``classes``, or a name), optionally ``<key>.mask.png`` (the labelled object's mask).
+
+    ``shards``: a brace pattern (``s3://b/train-{000000..000099}.tar``), a folder of ``.tar``
+    files, or a list of either.
+    """
+
+    format: Literal["webdataset"]
+    shards: str | tuple[str, ...]
+    classes: tuple[str, ...] | None = None
+    image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm")
+    label_categories: tuple[str, ...] | None = None
+    label_rule: Literal["largest", "most"] = "largest"
+    skip_unlabelled: bool = False
+    limit: int | None = Field(default=None, ge=1)
+
+    @field_validator("shards")
+    @classmethod
+    def _patterns(cls, v: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        from common.braces import expand_braces
+
+        for pattern in (v,) if isinstance(v, str) else v:
+            expand_braces(pattern)  # raises ValueError naming the pattern
+        if not v:
+            raise ValueError("needs at least one shard, pattern or folder")
+        return v
+
+
+DatasetConfig = Annotated[
+    FolderDataset | CocoDataset | VocDataset | ManifestDataset | HuggingFaceDataset | WebDatasetDataset,
+    Field(discriminator="format"),
+]
+
+
+class StorageConfig(_Frozen):
+    """How object stores are reached. Credentials are *not* keys here (this config is copied into
+    every run record): they come from the standard environment (``AWS_ACCESS_KEY_ID``, ...,
+    ``GOOGLE_APPLICATION_CREDENTIALS``), on the driver and on every Ray node."""
+
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+/?$")
+    region: str | None = None
+    anonymous: bool = False
+
+    def to_options(self) -> StorageOptions:
+        return StorageOptions(endpoint_url=self.endpoint_url, region=self.region, anonymous=self.anonymous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +277,7 @@ class AuditConfig(_Frozen):
     cam: str = "gradcam"
     counterfactual: CounterfactualConfig = CounterfactualConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> AuditConfig:
@@ -224,8 +301,9 @@ class LoadedConfig:
         return _resolve(self.base, p) if p else None
 
     @property
-    def output(self) -> Path:
-        return Path(_resolve(self.base, self.config.output))
+    def output(self) -> AnyPath:
+        """The results directory: a Path, or a :class:`~common.storage.Location` (``s3://...``)."""
+        return as_path(_resolve(self.base, self.config.output))
 
     def model_specs(self) -> list[Any]:
         return [m.to_spec(self.base) for m in self.config.models]
@@ -237,6 +315,9 @@ class LoadedConfig:
 
 def _resolve(base: Path, p: str) -> str:
     p = os.path.expanduser(os.path.expandvars(p))
+    if is_uri(p):
+        return p
+    p = local_path(p)
     return str(Path(p) if os.path.isabs(p) else (base / p).resolve())
 
 

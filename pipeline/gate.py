@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from common.storage import AnyPath, as_path
 from pipeline.analysis.checks import (
     FAIL,
     PASS,
@@ -68,7 +69,7 @@ def stat_options(policy: GatePolicy) -> StatOptions:
     return StatOptions(conf=policy.confidence, n_boot=policy.bootstrap, seed=policy.seed, min_n=policy.min_n)
 
 
-def resolve_baseline(root: Path, baseline: str) -> tuple[Path, str | None, str]:
+def resolve_baseline(root: AnyPath, baseline: str) -> tuple[AnyPath, str | None, str]:
     """``--baseline``: a run id of ``root``, ``previous`` (the run before the latest), or another
     results directory (its latest state). Returns (directory, as_of run id, description)."""
     if baseline == "previous":
@@ -77,7 +78,7 @@ def resolve_baseline(root: Path, baseline: str) -> tuple[Path, str | None, str]:
             raise ResultsError(f"--baseline previous: {root} has {len(runs)} finished run(s), need 2")
         return root, runs[-2], f"run {runs[-2]}"
     if is_results_dir(baseline):
-        return Path(baseline), None, f"results {baseline}"
+        return as_path(baseline), None, f"results {baseline}"
     ids = [r.run_id for r in read_runs(root)]
     if baseline in ids:
         return root, baseline, f"run {baseline}"
@@ -91,7 +92,7 @@ def evaluate(root: str | os.PathLike[str], policy: GatePolicy | None = None, mod
              baseline: str | None = None, frame: pd.DataFrame | None = None) -> Verdict:
     """Analyse the results and run every enabled check for every (selected) model."""
     policy = policy or GatePolicy()
-    root = Path(root)
+    root = as_path(root)  # a directory, or an object-store prefix (s3://bucket/results)
     if not is_results_dir(root):
         raise ResultsError(f"{root} is not a cueaudit results directory (no model=*/ parts, no _runs/)")
     if not part_files(root, models):

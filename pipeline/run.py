@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common.storage import configure
 from pipeline.collect import timings, worker_table
 from pipeline.config import LoadedConfig
 from pipeline.donors import assign_donors
@@ -177,6 +178,7 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
               console: Any = None) -> RunSummary:
     """Audit every configured model over the dataset; resume where earlier runs stopped."""
     cfg = loaded.config
+    configure(cfg.storage.to_options())  # object stores of the dataset and the output, in this process
     out = loaded.output
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -245,7 +247,8 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
     bs = cfg.execution.batch_size
     ds = ray.data.from_arrow(_blocks(table, max(64, bs * BLOCK_ROWS_PER_BATCH)))
     device_decode = cfg.execution.decode == "device" or (cfg.execution.decode == "auto" and res["gpus"] > 0)
-    popts = PrepareOptions(preprocess, cfg.execution.max_pixels, device_decode=device_decode)
+    popts = PrepareOptions(preprocess, cfg.execution.max_pixels, device_decode=device_decode,
+                           storage=cfg.storage.to_options())
     ds = ds.map_batches(prepare_batch, fn_kwargs={"opts": popts},
                         batch_size=bs, batch_format="numpy", num_cpus=res["prepare_cpus"])
     # Ray Data restarts a killed actor and retries its batch (max_restarts=-1 by default).

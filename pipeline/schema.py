@@ -6,9 +6,12 @@ Layout of a results directory::
       model=<name>/part-<run_id>-<seq>.parquet   one row per (model, image), written atomically
       _runs/<run_id>.json                        one record per run (config, fingerprints, counts)
 
-Workers write facts, everything downstream reads Parquet: analysis, gate and dashboard never
-recompute a CAM. A part file appears only complete (written to a hidden temp name, then
-``os.replace``), so a reader never sees half a file and a killed run leaves nothing to repair.
+``<output>`` is a local directory or an object-store prefix (``s3://bucket/results``; see
+:mod:`common.storage`). Workers write facts, everything downstream reads Parquet: analysis, gate
+and dashboard never recompute a CAM. A part file appears only complete, so a reader never sees half
+a file and a killed run leaves nothing to repair: on disk it is written to a hidden temp name, then
+``os.replace``; on an object store, where there is no rename, it is one PUT of the finished bytes to
+its final, never reused name (run id + sequence), which the store makes visible whole or not at all.
 This module imports neither torch nor Ray, so the gate runs in a slim CI image.
 """
 
@@ -31,6 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from common.storage import AnyPath, Location, as_path, write_atomic
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -50,8 +55,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("model", pa.string(), "model name from the config"),
     Column("model_fingerprint", pa.string(), "hash of weights, classes, preprocessing, layer, target and CAM options"),
     Column("image_id", pa.string(), "stable id of the image within the dataset (relative path or dataset id)"),
-    Column("path", pa.string(), "absolute path of the image file"),
-    Column("dataset_root", pa.string(), "root of the audited dataset; the dashboard serves files only below it"),
+    Column("path", pa.string(), "location of the image: an absolute path or a URI (s3://, tar://, parquet://, ...)"),
+    Column("dataset_root", pa.string(), "root of the audited dataset (path or URI); the dashboard serves files only below it"),
     Column("label", pa.string(), "annotated class name (null when unlabelled)"),
     Column("label_index", pa.int32(), "model output index of the label (null when the model does not know it)"),
     Column("pred", pa.string(), "predicted class name (argmax)"),
@@ -127,8 +132,8 @@ def new_run_id(now: datetime | None = None) -> str:
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
-def model_dir(root: str | os.PathLike[str], model: str) -> Path:
-    return Path(root) / f"model={_SAFE.sub('_', model)}"
+def model_dir(root: str | os.PathLike[str] | Location, model: str) -> AnyPath:
+    return as_path(root) / f"model={_SAFE.sub('_', model)}"
 
 
 def conform(columns: Mapping[str, Any] | pa.Table, n: int | None = None) -> pa.Table:
@@ -175,21 +180,23 @@ def _to_pylist(v: Any) -> Any:
 class PartWriter:
     """Writes one model's results of one run as atomic part files.
 
-    Each :meth:`write` makes one ``part-<run_id>-<seq>.parquet``: written to a hidden temp file in
-    the same directory and renamed into place, so a crash at any moment leaves either the whole
-    part or nothing (pyarrow's dataset readers skip names starting with ``.``).
+    Each :meth:`write` makes one ``part-<run_id>-<seq>.parquet``: on disk written to a hidden temp
+    file in the same directory and renamed into place, so a crash at any moment leaves either the
+    whole part or nothing (pyarrow's dataset readers skip names starting with ``.``); on an object
+    store serialised in memory and PUT once under its final name (:func:`common.storage.write_atomic`).
     """
 
-    def __init__(self, root: str | os.PathLike[str], model: str, run_id: str) -> None:
+    def __init__(self, root: str | os.PathLike[str] | Location, model: str, run_id: str) -> None:
         self.dir = model_dir(root, model)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id
         self.seq = 0
         self.rows = 0
-        for stale in self.dir.glob(".part-*.tmp"):
-            stale.unlink(missing_ok=True)  # left by a killed run; never visible to readers
+        if isinstance(self.dir, Path):
+            for stale in self.dir.glob(".part-*.tmp"):
+                stale.unlink(missing_ok=True)  # left by a killed run; never visible to readers
 
-    def write(self, table: pa.Table) -> Path | None:
+    def write(self, table: pa.Table) -> AnyPath | None:
         if table.num_rows == 0:
             return None
         table = conform(table) if table.schema != RESULT_SCHEMA else table
@@ -199,6 +206,12 @@ class PartWriter:
             self.seq += 1
             if not final.exists():
                 break
+        if isinstance(final, Location):
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression="zstd")
+            write_atomic(final, sink.getvalue().to_pybytes())
+            self.rows += table.num_rows
+            return final
         tmp = self.dir / f".{name}.tmp"
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb") as f:
@@ -255,19 +268,18 @@ class RunRecord:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def write_run(root: str | os.PathLike[str], record: RunRecord) -> Path:
-    d = Path(root) / RUNS_DIR
+def write_run(root: str | os.PathLike[str] | Location, record: RunRecord) -> AnyPath:
+    """Write (or replace) the run's record atomically: readers see the previous or the new one."""
+    d = as_path(root) / RUNS_DIR
     d.mkdir(parents=True, exist_ok=True)
     final = d / f"{record.run_id}.json"
-    tmp = d / f".{record.run_id}.json.tmp"
-    tmp.write_text(record.to_json())
-    os.replace(tmp, final)
+    write_atomic(final, record.to_json().encode())
     return final
 
 
-def read_runs(root: str | os.PathLike[str]) -> list[RunRecord]:
+def read_runs(root: str | os.PathLike[str] | Location) -> list[RunRecord]:
     """Every run record under ``root``, oldest first. Unreadable records are skipped with a warning."""
-    d = Path(root) / RUNS_DIR
+    d = as_path(root) / RUNS_DIR
     runs = []
     for p in sorted(d.glob("*.json")):
         try:
@@ -281,22 +293,31 @@ def read_runs(root: str | os.PathLike[str]) -> list[RunRecord]:
 # Reading
 
 
-def part_files(root: str | os.PathLike[str], models: Sequence[str] | None = None) -> list[Path]:
-    root = Path(root)
+def part_files(root: str | os.PathLike[str] | Location, models: Sequence[str] | None = None) -> list[AnyPath]:
+    """The part files under ``root`` (Paths on disk, :class:`~common.storage.Location` on an object store)."""
+    root = as_path(root)
     if not root.is_dir():
         raise ResultsError(f"results directory {str(root)!r} does not exist")
     dirs = [model_dir(root, m) for m in models] if models else sorted(root.glob("model=*"))
     return sorted(p for d in dirs for p in d.glob("part-*.parquet"))
 
 
-def is_results_dir(root: str | os.PathLike[str]) -> bool:
-    root = Path(root)
+def is_results_dir(root: str | os.PathLike[str] | Location) -> bool:
+    root = as_path(root)
     return root.is_dir() and ((root / RUNS_DIR).is_dir() or any(root.glob("model=*")))
 
 
 def scan(root: str | os.PathLike[str], models: Sequence[str] | None = None) -> pads.Dataset:
     """A lazy pyarrow dataset over every part file, with :data:`RESULT_SCHEMA` (old files gain nulls)."""
-    files = part_files(root, models)
+    return open_parts(part_files(root, models))
+
+
+def open_parts(files: Sequence[AnyPath]) -> pads.Dataset:
+    """A lazy pyarrow dataset over these part files (all on one filesystem), with :data:`RESULT_SCHEMA`."""
+    remote = [f for f in files if isinstance(f, Location)]
+    if remote:
+        return pads.dataset([f.path for f in remote], schema=RESULT_SCHEMA, format="parquet",
+                            filesystem=remote[0].fs)
     return pads.dataset([str(f) for f in files], schema=RESULT_SCHEMA, format="parquet")
 
 
@@ -377,8 +398,7 @@ def scored_ids(root: str | os.PathLike[str], model: str, fingerprint: str) -> se
         return set()
     if not files:
         return set()
-    ds = pads.dataset([str(f) for f in files], schema=RESULT_SCHEMA, format="parquet")
-    t = ds.to_table(columns=["image_id"], filter=pc.field("model_fingerprint") == fingerprint)
+    t = open_parts(files).to_table(columns=["image_id"], filter=pc.field("model_fingerprint") == fingerprint)
     return set(t.column("image_id").to_pylist())
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from common.annotations import AnnotationError, loads
 from workers.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
 from common.preprocess import Preprocess
+from common.storage import StorageOptions, configure
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class PrepareOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     # Plain JPEGs travel as bytes and are decoded by the actor on its GPU (nvJPEG); the rest here.
     device_decode: bool = False
+    # How this task reaches object stores (the config's storage section; credentials from the env).
+    storage: StorageOptions | None = None
 
 
 @dataclass
@@ -119,6 +122,8 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
     run record's timings: where the time goes).
     """
     t0 = time.perf_counter()
+    if opts.storage is not None:
+        configure(opts.storage)
     n = len(batch["image_id"])
     h, w = opts.preprocess.size
     pixels = np.zeros((n, h, w, 3), np.uint8)

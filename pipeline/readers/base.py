@@ -11,9 +11,10 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from pipeline.schema import MANIFEST_SCHEMA
 from common.annotations import ObjectAnn, dumps
 from common.registry import Registry
+from common.storage import AnyPath, resolve
+from pipeline.schema import MANIFEST_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,12 @@ class Reader:
         self.cfg = cfg
         self.base = base
 
-    def path(self, p: str) -> Path:
-        q = Path(p).expanduser()
-        return q if q.is_absolute() else (self.base / q).resolve()
+    def path(self, p: str) -> AnyPath:
+        """A configured location: a URI as given (``s3://...``), a local path against the config's folder."""
+        return resolve(self.base, p)
 
     @property
-    def root(self) -> Path:
+    def root(self) -> AnyPath:
         """Directory that holds the images (the dashboard serves files only below it)."""
         raise NotImplementedError
 

@@ -24,8 +24,8 @@ def _img(p: Path, size=(20, 10)) -> Path:
 
 
 def test_registry_lists_every_format():
-    assert READERS.names() == ["coco", "folder", "manifest", "voc"]
-    with pytest.raises(KeyError, match="valid names: coco, folder, manifest, voc"):
+    assert READERS.names() == ["coco", "folder", "huggingface", "manifest", "voc", "webdataset"]
+    with pytest.raises(KeyError, match="valid names: coco, folder, huggingface, manifest, voc, webdataset"):
         READERS.get("yolo")
 
 
