@@ -23,8 +23,8 @@ callers get ``None``, never a leaky fill.
 
 Three constructions share this: the Mixed-Rand/Mixed-Same **donor background** (the donor's
 labelled objects removed, :func:`donor_background`), the **context ablation** (an image's other
-annotated objects removed, :func:`context_index`) and its **control** (boxes of the same sizes
-removed from plain background elsewhere, :func:`control_index`). The last two are index maps
+annotated objects removed) and its **control** (boxes of the same sizes removed from plain
+background elsewhere), both from :func:`ablation_indices`. The last two are index maps
 (:func:`fill_index`) that need only the masks, so the device can apply them to pixels it decoded.
 :func:`composite` puts an object over a background. Torch-free: the CPU prepare stage and the
 dashboard render the same images.
@@ -196,53 +196,50 @@ def donor_background(pixels: np.ndarray, target: np.ndarray, others: np.ndarray 
     return None if index is None else apply_fill(pixels, index)
 
 
-def context_index(target: np.ndarray | None, others: np.ndarray | Sequence[np.ndarray], shape: tuple[int, int],
-                  dilation: float = DEFAULT_DILATION, min_side: int = MIN_TILE) -> tuple[np.ndarray, Boxes] | None:
-    """The fill that removes every *other* annotated object of an image, and the boxes it fills;
-    ``None`` without other objects or without background to tile from. The tiles avoid the labelled
-    object (``target``, may be ``None``) as well as the removed ones."""
-    removed = mask_boxes(_planes(others), dilation)
-    if len(removed) == 0:
-        return None
-    kept = mask_boxes([target] if target is not None else [], dilation)
-    index = removal_index(removed, kept, shape, min_side)
-    return None if index is None else (index, removed)
-
-
 def place_boxes(sizes: np.ndarray, blocked: Boxes, shape: tuple[int, int],
                 rng: np.random.Generator) -> Boxes | None:
     """Boxes of the given ``(K, 2)`` (h, w) sizes, each at a uniformly drawn spot meeting neither ``blocked``
     nor the boxes placed before it (largest first); ``None`` when one does not fit."""
     h, w = shape
-    taken = boxes_mask(blocked, shape)
     sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    ii = np.pad(boxes_mask(blocked, shape).astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     out = np.zeros((len(sizes), 4), np.int64)
-    for k in np.argsort(-(sizes[:, 0] * sizes[:, 1]), kind="stable"):
+    placed: list[int] = []
+    for k in np.argsort(-(sizes[:, 0] * sizes[:, 1]), kind="stable").tolist():
         bh, bw = (int(v) for v in sizes[k])
         if not (0 < bh <= h and 0 < bw <= w):
             return None
-        ii = np.pad(taken.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        sums = ii[bh:, bw:] - ii[:-bh, bw:] - ii[bh:, :-bw] + ii[:-bh, :-bw]  # blocked pixels per window
-        ys, xs = np.nonzero(sums == 0)
+        free = (ii[bh:, bw:] - ii[:-bh, bw:] - ii[bh:, :-bw] + ii[:-bh, :-bw]) == 0  # (h-bh+1, w-bw+1) corners
+        for x0, y0, x1, y1 in out[placed].tolist():  # corners whose box would overlap a placed one
+            free[max(0, y0 - bh + 1):y1, max(0, x0 - bw + 1):x1] = False
+        ys, xs = np.nonzero(free)
         if len(xs) == 0:
             return None
         j = int(rng.integers(len(xs)))
         out[k] = (xs[j], ys[j], xs[j] + bw, ys[j] + bh)
-        taken[ys[j]:ys[j] + bh, xs[j]:xs[j] + bw] = True
+        placed.append(k)
     return out
 
 
-def control_index(target: np.ndarray | None, others: np.ndarray | Sequence[np.ndarray], removed: Boxes,
-                  shape: tuple[int, int], rng: np.random.Generator, dilation: float = DEFAULT_DILATION,
-                  min_side: int = MIN_TILE) -> np.ndarray | None:
-    """The control of :func:`context_index`: boxes of the sizes of ``removed`` placed on plain background
-    (clear of every annotated object's dilated box and of each other) and filled the same way, with
-    tiles clear of them all; ``None`` when they do not fit."""
-    objects = mask_boxes(([target] if target is not None else []) + _planes(others), dilation)
-    removed = np.asarray(removed, dtype=np.int64).reshape(-1, 4)
+def ablation_indices(target: np.ndarray | None, others: np.ndarray | Sequence[np.ndarray], shape: tuple[int, int],
+                     rng: np.random.Generator, dilation: float = DEFAULT_DILATION,
+                     min_side: int = MIN_TILE) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Fill maps (:func:`fill_index`) of the context ablation and of its control, ``None`` where impossible.
+
+    Ablation: every *other* annotated object's dilated box filled with tiles clear of every annotated
+    object (``target``, may be ``None``, included). Control: boxes of the same sizes placed on plain
+    background (clear of every annotated object's dilated box and of each other; spots drawn from
+    ``rng``) and filled the same way, with tiles clear of them all. No other object: (None, None).
+    """
+    removed = mask_boxes(_planes(others), dilation)
+    if len(removed) == 0:
+        return None, None
+    objects = np.concatenate([mask_boxes([target] if target is not None else [], dilation), removed])
+    ablation = removal_index(removed, objects, shape, min_side)
     sizes = np.stack([removed[:, 3] - removed[:, 1], removed[:, 2] - removed[:, 0]], axis=1)
     placed = place_boxes(sizes, objects, shape, rng)
-    return None if placed is None else removal_index(placed, objects, shape, min_side)
+    control = None if placed is None else removal_index(placed, objects, shape, min_side)
+    return ablation, control
 
 
 def placement_rng(seed: int, image_id: str) -> np.random.Generator:

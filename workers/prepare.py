@@ -109,18 +109,6 @@ def donor_background(p: Prepared, dilation: float = cf.DEFAULT_DILATION) -> np.n
     return cf.donor_background(p.pixels, p.target, p.others, dilation)
 
 
-def ablation_maps(p: Prepared, image_id: str, opts: PrepareOptions) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Fill maps (H, W) of the context ablation (other objects removed) and of its control (as many
-    same-size patches of plain background removed, placed from ``(opts.seed, image_id)``)."""
-    ctx = cf.context_index(p.target, p.others, p.pixels.shape[:2], opts.dilation)
-    if ctx is None:
-        return None, None
-    index, removed = ctx
-    ctrl = cf.control_index(p.target, p.others, removed, p.pixels.shape[:2], cf.placement_rng(opts.seed, image_id),
-                            opts.dilation)
-    return index, ctrl
-
-
 def _quantise(masks: np.ndarray) -> bytes:
     return np.clip(np.rint(masks * 255.0), 0, 255).astype(np.uint8).tobytes()
 
@@ -190,7 +178,9 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
                     extra[f"cf_{kind}_bg"][i] = bg
                     extra[f"cf_{kind}_ok"][i] = True
         if opts.context and len(p.others):
-            for kind, index in zip(("ctx", "ctrl"), ablation_maps(p, str(batch["image_id"][i]), opts), strict=True):
+            rng = cf.placement_rng(opts.seed, str(batch["image_id"][i]))
+            maps = cf.ablation_indices(p.target, p.others, (h, w), rng, opts.dilation)
+            for kind, index in zip(("ctx", "ctrl"), maps, strict=True):
                 if index is not None:
                     extra[f"cf_{kind}_index"][i] = index
                     extra[f"cf_{kind}_ok"][i] = True

@@ -99,20 +99,22 @@ def test_context_and_control_fill_the_same_sizes_on_plain_background():
     target[5:15, 5:15] = 1.0
     other = np.zeros((40, 40), np.float32)
     other[25:31, 22:34] = 1.0
-    ctx, removed = cf.context_index(target, [other], (40, 40))
-    assert removed.tolist() == [[20, 23, 36, 33]]  # 12 px wide: 2 px a side
+    ctx, ctrl = cf.ablation_indices(target, [other], (40, 40), cf.placement_rng(0, "img"))
+    removed = np.array([[20, 23, 36, 33]])  # the 12 x 6 object grown by 2 px a side
     assert ((ctx >= 0) == cf.boxes_mask(removed, (40, 40))).all()
-    ys, xs = np.divmod(ctx[ctx >= 0], 40)
     objects = cf.boxes_mask(cf.mask_boxes([target, other]), (40, 40))
-    assert not objects[ys, xs].any()  # the tiles are plain background
-    ctrl = cf.control_index(target, [other], removed, (40, 40), cf.placement_rng(0, "img"))
+    for index in (ctx, ctrl):
+        ys, xs = np.divmod(index[index >= 0], 40)
+        assert not objects[ys, xs].any()  # the tiles are plain background
     filled = ctrl >= 0
     assert filled.sum() == 16 * 10 and not (filled & objects).any()
-    again = cf.control_index(target, [other], removed, (40, 40), cf.placement_rng(0, "img"))
+    _, again = cf.ablation_indices(target, [other], (40, 40), cf.placement_rng(0, "img"))
     assert (again == ctrl).all()  # placement is a function of (seed, image id)
-    assert cf.context_index(target, [], (40, 40)) is None
-    huge = np.array([[0, 0, 30, 30]])
-    assert cf.control_index(target, [other], huge, (40, 40), cf.placement_rng(0, "img")) is None  # no room
+    assert cf.ablation_indices(target, [], (40, 40), cf.placement_rng(0, "img")) == (None, None)
+    big = np.zeros((40, 40), np.float32)
+    big[20:40, 14:40] = 1.0  # no 26 x 20 spot of plain background left for the control
+    ctx, ctrl = cf.ablation_indices(target, [big], (40, 40), cf.placement_rng(0, "img"))
+    assert ctx is not None and ctrl is None
 
 
 def test_place_boxes_never_overlap():
