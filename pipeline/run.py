@@ -140,6 +140,7 @@ def ray_session(address: str | None, num_cpus: int | None):
     if address:
         kwargs["address"] = address
     else:
+        kwargs["address"] = "local"  # a new Ray for this run, even when `ray start` left a cluster on the machine
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
         # Local workers import the same code as the driver (and factories next to the config).
