@@ -146,8 +146,8 @@ def test_an_incremental_run_draws_donors_from_earlier_images(ray_local, tmp_path
     new = [r for r in t if r["image_id"] not in first]
     donors = [r[k] for r in new for k in ("cf_rand_donor", "cf_same_donor") if r[k]]
     assert len(new) == 12 and len(donors) >= 20
-    # 18 of the 30 images are earlier ones: an incremental run that drew only from the 12 new ones
-    # would have none of them (P(no earlier donor | whole pool) is ~0.4^20).
+    # 18 of the 30 images are earlier ones, so each draw from the whole dataset is an earlier image with
+    # probability ~0.6; a run that drew only from the 12 new images would have none.
     assert sum(d in first for d in donors) >= 5
     assert any(r["cf_ctx_pred"] for r in new) and any(r["cf_ctrl_pred"] for r in new)  # distractors removed
 
