@@ -20,9 +20,10 @@ _INT_NULL_NEG = ("label_index", "pred_index", "target_index", "image_w", "image_
 _INT_NULL_ZERO = ("cam_h", "cam_w", "input_h", "input_w")
 _BOOL_NAN = ("correct", "pointing_hit")
 _FLOAT = ("pred_score", "target_score", "object_share", "object_area", "object_cells", "background_share",
-          "cf_fill_score", "cf_rand_score", "cf_same_score")
+          "cf_fill_score", "cf_rand_score", "cf_same_score", "cf_ctx_score", "cf_ctrl_score")
 _STR = ("image_id", "path", "label", "pred", "target", "feature_layer", "metric_note", "annotations", "error",
-        "error_kind", "cf_fill_pred", "cf_rand_pred", "cf_same_pred", "cf_rand_donor", "cf_same_donor")
+        "error_kind", "cf_fill_pred", "cf_rand_pred", "cf_same_pred", "cf_rand_donor", "cf_same_donor", "cf_ctx_pred",
+        "cf_ctrl_pred")
 
 
 def _str(v: Any) -> str | None:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.counterfactual import DEFAULT_DILATION
 from common.storage import AnyPath, StorageOptions, as_path, is_uri, local_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -239,16 +240,22 @@ class ModelConfig(_Frozen):
 
 
 class CounterfactualConfig(_Frozen):
-    """Background swaps computed by the workers where object masks exist (Xiao et al. 2020).
+    """Counterfactuals computed by the workers where object masks exist.
 
-    ``fill``: the neutral background, ``mean`` = the model's normalisation mean (a zero input).
-    Mixed-Rand takes the background of an image of another class, Mixed-Same (the control) of an
-    image of the same class; donors are chosen deterministically from ``seed``.
+    Background swaps (Xiao et al. 2020): ``fill`` is the neutral background (``mean`` = the model's
+    normalisation mean, a zero input); Mixed-Rand takes the background of an image of another class,
+    Mixed-Same (the control) of an image of the same class; donors are drawn from the whole dataset,
+    deterministically from ``seed``. ``context``: remove every other annotated object of an image
+    and, as the control, same-size patches of plain background. Removed objects' boxes, grown by
+    ``dilation`` x their longer side, are filled with tiles of the image's own background
+    (:mod:`common.counterfactual`).
     """
 
     enabled: bool = False
     fill: Literal["mean", "gray", "black"] = "mean"
     seed: int = 0
+    context: bool = True
+    dilation: float = Field(default=DEFAULT_DILATION, ge=0, le=1)
 
 
 class ExecutionConfig(_Frozen):

@@ -43,6 +43,8 @@ from pipeline.schema import ModelRun, PartWriter, RunRecord, new_run_id, scored_
 
 log = logging.getLogger(__name__)
 
+COUNTERFACTUAL_CONSTRUCTION = "tiles-1"
+"""Bump when the counterfactual images change for the same config (results are then scored again)."""
 BLOCK_ROWS_PER_BATCH = 4  # manifest blocks of a few batches: streaming, progress and commits stay fine-grained
 
 
@@ -68,9 +70,16 @@ class RunSummary:
     seconds: float = 0.0
 
 
-def audit_fingerprint(spec_fp: str, opts: Any) -> str:
-    """Model fingerprint + everything about *how* it is audited that changes the numbers."""
-    blob = json.dumps({"spec": spec_fp, "opts": asdict(opts), "schema": 1}, sort_keys=True, default=str)
+def audit_fingerprint(spec_fp: str, opts: Any, counterfactual: dict[str, Any] | None = None) -> str:
+    """Model fingerprint + everything about *how* it is audited that changes the numbers.
+
+    ``counterfactual``: the construction of the counterfactual images (donor seed, box dilation,
+    context ablation), when they are computed; its version names the construction itself.
+    """
+    payload: dict[str, Any] = {"spec": spec_fp, "opts": asdict(opts), "schema": 1}
+    if counterfactual is not None:
+        payload["counterfactual"] = {**counterfactual, "construction": COUNTERFACTUAL_CONSTRUCTION}
+    blob = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -100,8 +109,9 @@ def plan_models(loaded: LoadedConfig) -> list[ModelPlan]:
             fill=cfg.counterfactual.fill,
             compile=cfg.execution.compile,
         )
+        cf = cfg.counterfactual.model_dump(exclude={"enabled", "fill"}) if cfg.counterfactual.enabled else None
         try:
-            fp = audit_fingerprint(spec_fingerprint(spec), _fingerprinted(opts))
+            fp = audit_fingerprint(spec_fingerprint(spec), _fingerprinted(opts), cf)
         except (ValueError, OSError) as e:
             raise RunError(str(e)) from None
         plans.append(ModelPlan(spec.name, spec, opts, fp))
@@ -131,6 +141,7 @@ def ray_session(address: str | None, num_cpus: int | None):
     if address:
         kwargs["address"] = address
     else:
+        kwargs["address"] = "local"  # a new Ray for this run, even when `ray start` left a cluster on the machine
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
         # Local workers import the same code as the driver (and factories next to the config).
@@ -195,6 +206,9 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
     record = RunRecord(run_id=run_id, name=cfg.name, started_at=datetime.now(UTC).isoformat(),
                        config=json.loads(cfg.model_dump_json()), dataset_roots=roots,
                        images=manifest.num_rows, cueaudit_version=ver)
+    if cfg.counterfactual.enabled:
+        # Donors come from the whole dataset, also for the images an incremental run still has to score.
+        manifest = assign_donors(manifest, seed=cfg.counterfactual.seed)
     todo: dict[str, pa.Table] = {}
     for plan in plans:
         done = scored_ids(out, plan.name, plan.fingerprint)
@@ -241,14 +255,13 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # progress/fusion chatter; failures still raise
-    if cfg.counterfactual.enabled:
-        table = assign_donors(table, seed=cfg.counterfactual.seed)
     _, _, preprocess, _ = resolve_spec(plan.spec)
     bs = cfg.execution.batch_size
     ds = ray.data.from_arrow(_blocks(table, max(64, bs * BLOCK_ROWS_PER_BATCH)))
     device_decode = cfg.execution.decode == "device" or (cfg.execution.decode == "auto" and res["gpus"] > 0)
-    popts = PrepareOptions(preprocess, cfg.execution.max_pixels, device_decode=device_decode,
-                           storage=cfg.storage.to_options())
+    cf = cfg.counterfactual
+    popts = PrepareOptions(preprocess, cfg.execution.max_pixels, device_decode=device_decode, dilation=cf.dilation,
+                           context=cf.enabled and cf.context, seed=cf.seed, storage=cfg.storage.to_options())
     ds = ds.map_batches(prepare_batch, fn_kwargs={"opts": popts},
                         batch_size=bs, batch_format="numpy", num_cpus=res["prepare_cpus"])
     # Ray Data restarts a killed actor and retries its batch (max_restarts=-1 by default).

@@ -11,9 +11,14 @@ Output columns (all of length N):
 - ``mask_names``: JSON list of the K categories; ``has_target``: whether mask 0 is the target;
 - ``geometry``: JSON of the :class:`workers.geometry.Geometry` (source size + view box);
 - ``encoded`` (only with ``device_decode``): JPEG bytes the actor decodes on its GPU, else None;
-- ``cf_rand_bg`` / ``cf_same_bg`` (N, H, W, 3) uint8 donor backgrounds with the donor's own object
-  painted over by its mean background colour, plus ``cf_rand_ok`` / ``cf_same_ok`` (only when the
-  batch carries donor columns, i.e. counterfactuals are on).
+- ``cf_rand_bg`` / ``cf_same_bg`` (N, H, W, 3) uint8 donor backgrounds, every instance of the
+  donor's label removed by background tiles (:func:`common.counterfactual.donor_background`), plus
+  ``cf_rand_ok`` / ``cf_same_ok`` (only when the batch carries donor columns, i.e. counterfactuals
+  are on); a donor whose objects leave no background to tile from is not ok;
+- ``cf_ctx_index`` / ``cf_ctrl_index`` (N, H, W) int32 fill maps (:func:`common.counterfactual.fill_index`)
+  that remove the image's other annotated objects / same-size patches of plain background, plus
+  ``cf_ctx_ok`` / ``cf_ctrl_ok`` (only with ``PrepareOptions.context``). Maps, not images: the actor
+  applies them to pixels it may have decoded itself.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from common import counterfactual as cf
 from common.annotations import AnnotationError, loads
-from workers.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
 from common.preprocess import Preprocess
 from common.storage import StorageOptions, configure
+from workers.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,11 @@ class PrepareOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     # Plain JPEGs travel as bytes and are decoded by the actor on its GPU (nvJPEG); the rest here.
     device_decode: bool = False
+    # Counterfactual construction (see common.counterfactual): box dilation, the context ablation and
+    # the seed of its control's placement.
+    dilation: float = cf.DEFAULT_DILATION
+    context: bool = False
+    seed: int = 0
     # How this task reaches object stores (the config's storage section; credentials from the env).
     storage: StorageOptions | None = None
 
@@ -52,6 +63,14 @@ class Prepared:
     has_target: bool
     geometry: dict[str, Any]
     encoded: bytes | None = None  # JPEG bytes to decode on the device (then pixels are zeros)
+
+    @property
+    def target(self) -> np.ndarray | None:
+        return self.masks[0] if self.has_target else None
+
+    @property
+    def others(self) -> np.ndarray:
+        return self.masks[1:] if self.has_target else self.masks
 
 
 def prepare_one(path: str, label: str | None, objects_json: str | None, opts: PrepareOptions,
@@ -86,24 +105,11 @@ def prepare_one(path: str, label: str | None, objects_json: str | None, opts: Pr
     return Prepared(pixels, stack, names, masks.target is not None, geom.to_dict(), encoded)
 
 
-def donor_background(p: Prepared) -> np.ndarray:
-    """The donor's pixels with its labelled object painted over by its mean background colour.
-
-    Only the donor's *target* object is removed: its other objects are context of its class, which
-    is exactly what Mixed-Rand should carry over (ImageNet-9's backgrounds keep them too).
-    """
-    img = p.pixels.astype(np.float32)
-    if not p.has_target:
-        return p.pixels
-    obj = p.masks[0]
-    fg = np.clip(p.masks.max(axis=0), 0, 1) if len(p.masks) else obj
-    w_bg = 1.0 - fg
-    if w_bg.sum() < 1e-6:
-        fill = img.reshape(-1, 3).mean(0)
-    else:
-        fill = (img * w_bg[..., None]).reshape(-1, 3).sum(0) / w_bg.sum()
-    out = img * (1.0 - obj[..., None]) + fill * obj[..., None]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+def donor_background(p: Prepared, dilation: float = cf.DEFAULT_DILATION) -> np.ndarray | None:
+    """The donor's pixels with every instance of its label removed by background tiles (None: unusable)."""
+    if p.target is None:
+        return None
+    return cf.donor_background(p.pixels, p.target, p.others, dilation)
 
 
 def _quantise(masks: np.ndarray) -> bytes:
@@ -135,9 +141,13 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
     error = np.array([e if isinstance(e, str) and e else None for e in batch.get("error", [None] * n)], dtype=object)
     error_kind = np.array(["annotation" if e else None for e in error], dtype=object)
     with_cf = "cf_rand_path" in batch
+    extra: dict[str, np.ndarray] = {}
     if with_cf:
-        cf = {k: np.zeros((n, h, w, 3), np.uint8) for k in ("cf_rand_bg", "cf_same_bg")}
-        cf_ok = {k: np.zeros(n, dtype=bool) for k in ("cf_rand_ok", "cf_same_ok")}
+        extra.update({k: np.zeros((n, h, w, 3), np.uint8) for k in ("cf_rand_bg", "cf_same_bg")})
+        extra.update({k: np.zeros(n, dtype=bool) for k in ("cf_rand_ok", "cf_same_ok")})
+    if opts.context:
+        extra.update({k: np.full((n, h, w), -1, np.int32) for k in ("cf_ctx_index", "cf_ctrl_index")})
+        extra.update({k: np.zeros(n, dtype=bool) for k in ("cf_ctx_ok", "cf_ctrl_ok")})
     for i in range(n):
         masks[i] = b""
         names[i] = "[]"
@@ -168,16 +178,22 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
                     # A broken donor must not cost the image its row: that counterfactual is skipped.
                     log.warning("counterfactual donor %s for %s unusable: %s", dpath, path, e)
                     continue
-                if d.has_target:
-                    cf[f"cf_{kind}_bg"][i] = donor_background(d)
-                    cf_ok[f"cf_{kind}_ok"][i] = True
+                bg = donor_background(d, opts.dilation)
+                if bg is not None:
+                    extra[f"cf_{kind}_bg"][i] = bg
+                    extra[f"cf_{kind}_ok"][i] = True
+        if opts.context and len(p.others):
+            rng = cf.placement_rng(opts.seed, str(batch["image_id"][i]))
+            maps = cf.ablation_indices(p.target, p.others, (h, w), rng, opts.dilation)
+            for kind, index in zip(("ctx", "ctrl"), maps, strict=True):
+                if index is not None:
+                    extra[f"cf_{kind}_index"][i] = index
+                    extra[f"cf_{kind}_ok"][i] = True
     out = dict(batch)
     out.update(pixels=pixels, masks=masks, mask_names=names, has_target=has_target, geometry=geometry,
                error=error, error_kind=error_kind)
     if opts.device_decode:
         out["encoded"] = encoded
-    if with_cf:
-        out.update(cf)
-        out.update(cf_ok)
+    out.update(extra)
     out["_t_prepare"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
     return out

@@ -34,7 +34,8 @@ RESULT_KEYS = (
     "image_h", "view_box", "object_share", "object_area", "object_cells", "pointing_hit", "background_share",
     "other_shares", "other_areas", "bg_color", "metric_note", "annotations", "attributes", "error", "error_kind",
     "scored_at", "cf_fill_pred", "cf_fill_score", "cf_rand_pred", "cf_rand_score", "cf_rand_donor",
-    "cf_same_pred", "cf_same_score", "cf_same_donor",
+    "cf_same_pred", "cf_same_score", "cf_same_donor", "cf_ctx_pred", "cf_ctx_score", "cf_ctrl_pred",
+    "cf_ctrl_score",
 )  # fmt: skip
 
 COMPILED_PREFIX = "_orig_mod."
@@ -262,8 +263,8 @@ class Scorer:
         bg = background_color(pixels.permute(0, 3, 1, 2), fg)
 
         cf: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if self.opts.counterfactual and "cf_rand_bg" in batch:
-            cf = self._counterfactuals(batch, ok, pixels, target_mask, ht, tgt)
+        if self.opts.counterfactual:
+            cf = self._counterfactuals(batch, ok, pixels, target_mask, has_target, tgt)
 
         if not self._warned_coarse:
             msg = coarse_map_warning(mm.object_cells[ht], (maps.shape[1], maps.shape[2]))
@@ -309,34 +310,62 @@ class Scorer:
                 if p_np[j] >= 0:
                     out[f"cf_{key}_pred"][i] = self.classes[p_np[j]]
                     out[f"cf_{key}_score"][i] = s_np[j]
-                    if key != "fill":
+                    if key in ("rand", "same"):
                         out[f"cf_{key}_donor"][i] = batch[f"cf_{key}_id"][i]
 
-    def _counterfactuals(
-        self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor, t: torch.Tensor,
-        has_target: torch.Tensor, tgt: torch.Tensor,
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Object kept, background replaced: neutral fill, another class's (Mixed-Rand), same class's (Mixed-Same).
+    def _counterfactuals(self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor, t: torch.Tensor,
+                         has_target: np.ndarray, tgt: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Predictions on the counterfactual images the prepare stage planned (see :mod:`workers.prepare`).
 
-        Returns per kind (pred index or -1 where not applicable, target probability).
+        Object kept, background replaced (Xiao et al. 2020): by a neutral fill, by another class's
+        background (Mixed-Rand), by a same-class one (Mixed-Same). Context ablation: the other
+        annotated objects removed (``ctx``), or same-size patches of plain background (``ctrl``), by
+        applying the prepared fill maps as one gather. Returns per kind (pred index, -1 where not
+        applicable; target probability, NaN there); only the applicable rows are forwarded.
         """
         x = pixels.permute(0, 3, 1, 2).float()
         keep = t.unsqueeze(1)
-        variants = {"fill": (keep * x + (1 - keep) * self.fill255, has_target)}
+
+        def host(column: str, rows: np.ndarray) -> torch.Tensor:
+            return self._to_device(np.asarray(batch[column])[ok[rows]])
+
+        def over(bg: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            return keep[r] * x[r] + (1 - keep[r]) * bg
+
+        plans = {"fill": (has_target, lambda rows, r: over(self.fill255, r))}
         for kind in ("rand", "same"):
-            bg = self._to_device(np.asarray(batch[f"cf_{kind}_bg"])[ok]).permute(0, 3, 1, 2).float()
-            okk = torch.as_tensor(np.asarray(batch[f"cf_{kind}_ok"], dtype=bool)[ok], device=self.device) & has_target
-            variants[kind] = (keep * x + (1 - keep) * bg, okk)
+            if f"cf_{kind}_bg" in batch:
+                plans[kind] = (np.asarray(batch[f"cf_{kind}_ok"], dtype=bool)[ok] & has_target,
+                               lambda rows, r, k=kind: over(host(f"cf_{k}_bg", rows).permute(0, 3, 1, 2).float(), r))
+        for kind in ("ctx", "ctrl"):
+            if f"cf_{kind}_index" in batch:
+                plans[kind] = (np.asarray(batch[f"cf_{kind}_ok"], dtype=bool)[ok],
+                               lambda rows, r, k=kind: fill_by_index(x[r], host(f"cf_{k}_index", rows)))
         result = {}
-        for kind, (img, valid) in variants.items():
-            xn = (img - self.mean255) / self.std255
-            if self.device.type == "cuda":
-                xn = xn.contiguous(memory_format=torch.channels_last)
-            probs = self._predict(xn)
-            pred = torch.where(valid, probs.argmax(1), torch.full_like(tgt, -1))
-            score = probs.gather(1, tgt.view(-1, 1)).squeeze(1)
+        for kind, (valid, build) in plans.items():
+            pred = torch.full_like(tgt, -1)
+            score = torch.full(tgt.shape, float("nan"), device=self.device)
+            rows = np.flatnonzero(valid)
+            if len(rows):
+                r = torch.as_tensor(rows, device=self.device)
+                xn = (build(rows, r) - self.mean255) / self.std255
+                if self.device.type == "cuda":
+                    xn = xn.contiguous(memory_format=torch.channels_last)
+                probs = self._predict(xn)
+                pred[r] = probs.argmax(1)
+                score[r] = probs.gather(1, tgt[r].view(-1, 1)).squeeze(1)
             result[kind] = (pred, score)
         return result
+
+
+def fill_by_index(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Apply fill maps of :func:`common.counterfactual.fill_index` on the device: ``x`` (N, C, H, W),
+    ``index`` (N, H, W) int (-1 keeps the pixel, else the flat source pixel ``y * W + x``)."""
+    n, c, h, w = x.shape
+    flat = x.reshape(n, c, h * w)
+    idx = index.reshape(n, 1, h * w).long()
+    filled = flat.gather(2, idx.clamp(min=0).expand(n, c, h * w))
+    return torch.where(idx >= 0, filled, flat).reshape(n, c, h, w)
 
 
 def _f(v: float) -> float | None:
@@ -366,7 +395,7 @@ def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         "view_box": np.full((n, 4), np.nan, np.float32), "bg_color": np.full((n, 3), np.nan, np.float32),
         "scored_at": np.zeros(n, np.int64),
     }
-    for kind in ("fill", "rand", "same"):
+    for kind in ("fill", "rand", "same", "ctx", "ctrl"):
         out[f"cf_{kind}_pred"] = obj()
         out[f"cf_{kind}_score"] = nan()
     out["cf_rand_donor"], out["cf_same_donor"] = obj(), obj()

@@ -225,11 +225,17 @@ class CooccurrenceCue(Check):
         assoc = ", ".join(f"{k} -> {v}" for k, v in sorted(c.associations.items()))
         note = (f"associations {assoc}; aligned {c.acc_aligned.fmt(True)} vs conflicting "
                 f"{c.acc_conflicting.fmt(True)}; CAM mass on the associated object {c.cue_mass.fmt()}")
-        return [
+        out = [
             Finding("model", "accuracy_gap", c.gap, note=note, examples=c.examples),
             Finding("model", "cue_object_lift", c.cue_lift, judged=False,
                     note="chance-corrected CAM mass on the co-occurring object (context)"),
         ]
+        if c.context.n:  # the causal test: remove the co-occurring objects vs same-size background patches
+            x = c.context
+            out.append(Finding("model", "context_gap", x.context_gap, examples=x.examples,
+                               note=(f"cue-aligned images flip {x.flip_context.fmt(True)} with the co-occurring objects "
+                                     f"removed vs {x.flip_control.fmt(True)} with same-size background patches removed")))
+        return out
 
 
 @register

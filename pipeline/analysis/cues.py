@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.analysis.ablation import ABLATION_COLUMNS, ContextAblationEvidence, context_ablation
 from pipeline.analysis.stats import NAN, Estimate, diff_ci, mean_ci, paired_diff_ci
 
 
@@ -267,6 +268,7 @@ class CooccurrenceEvidence:
     cue_mass: Estimate = NAN  # mass on the associated category, aligned images (the keyboard of the mouse)
     cue_lift: Estimate = NAN
     examples: list[str] = field(default_factory=list)
+    context: ContextAblationEvidence = field(default_factory=ContextAblationEvidence)  # on aligned images
 
 
 def associations(df: pd.DataFrame, min_n: int, min_lift: float = 0.2) -> dict[str, str]:
@@ -297,7 +299,8 @@ def _associations(label: pd.Series, rows: np.ndarray, cats: list[Any], min_n: in
 
 
 def cooccurrence(df: pd.DataFrame, so: StatOptions) -> CooccurrenceEvidence:
-    cols = ("label", "correct", "pred_score", "image_id", "other_areas", "other_shares")
+    cols = tuple(dict.fromkeys(("label", "correct", "pred_score", "image_id", "other_areas", "other_shares",
+                                *ABLATION_COLUMNS)))
     d = _narrow(df, df.scored & df.label.notna(), cols)
     if d.empty:
         return CooccurrenceEvidence()
@@ -356,6 +359,7 @@ def cooccurrence(df: pd.DataFrame, so: StatOptions) -> CooccurrenceEvidence:
     ev.cue_mass = so.mean(own_mass[aligned])
     ev.cue_lift = so.mean(own_lift[aligned])
     ev.examples = _examples(d[conflicting & (right < 0.5)], "pred_score", so.examples, ascending=False)
+    ev.context = context_ablation(d, aligned, so)
     return ev
 
 

@@ -23,7 +23,8 @@ ANALYSIS_COLUMNS = (
     "pred_score", "target_score", "correct", "feature_layer", "cam_h", "cam_w", "object_share", "object_area",
     "object_cells", "pointing_hit", "background_share", "other_shares", "other_areas", "bg_color", "metric_note",
     "cf_fill_pred", "cf_fill_score", "cf_rand_pred", "cf_rand_score", "cf_rand_donor", "cf_same_pred",
-    "cf_same_score", "cf_same_donor", "attributes", "error", "error_kind", "scored_at",
+    "cf_same_score", "cf_same_donor", "cf_ctx_pred", "cf_ctx_score", "cf_ctrl_pred", "cf_ctrl_score", "attributes",
+    "error", "error_kind", "scored_at",
 )  # fmt: skip
 
 
@@ -39,7 +40,7 @@ def object_lift(share: pd.Series | np.ndarray, area: pd.Series | np.ndarray) -> 
 MAP_COLUMNS = ("other_shares", "other_areas", "attributes")
 _BOOL_COLUMNS = ("correct", "pointing_hit")
 _FLOAT_COLUMNS = ("object_share", "object_area", "object_cells", "background_share", "pred_score", "target_score",
-                  "cf_fill_score", "cf_rand_score", "cf_same_score")
+                  "cf_fill_score", "cf_rand_score", "cf_same_score", "cf_ctx_score", "cf_ctrl_score")
 
 
 def prepare_frame(df: pd.DataFrame) -> pd.DataFrame:

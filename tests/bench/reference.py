@@ -39,7 +39,7 @@ def prepare_frame(df: pd.DataFrame) -> pd.DataFrame:
         if col in df:
             df[col] = df[col].map(lambda v: np.nan if v is None or v is pd.NA else float(v)).astype(float)
     for col in ("object_share", "object_area", "object_cells", "background_share", "pred_score", "target_score",
-                "cf_fill_score", "cf_rand_score", "cf_same_score"):
+                "cf_fill_score", "cf_rand_score", "cf_same_score", "cf_ctx_score", "cf_ctrl_score"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     if "object_share" in df and "object_area" in df:

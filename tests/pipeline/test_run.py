@@ -130,6 +130,28 @@ def test_several_models_resume_and_no_rework(ray_local, synth, tmp_path):
     assert s3.models["a"].scored == 30
 
 
+def test_an_incremental_run_draws_donors_from_earlier_images(ray_local, tmp_path):
+    data = tmp_path / "data"
+    cfg = SynthConfig(cue="cooccur", n=18, correlation=0.6, seed=4)
+    generate(data, cfg)
+    ds = {"format": "manifest", "path": str(data / "manifest.csv")}
+    cf = {"enabled": True}
+    _, loaded = _run(tmp_path, ds, counterfactual=cf)
+    first = set(read_results(loaded.output, columns=["image_id"]).column("image_id").to_pylist())
+    generate(data, SynthConfig(cue="cooccur", n=12, correlation=0.6, seed=4, start=18))  # the dataset grows
+    s2, _ = _run(tmp_path, ds, counterfactual=cf)
+    assert (s2.models["tiny"].scored, s2.models["tiny"].skipped) == (12, 18)
+    t = read_results(loaded.output, columns=["image_id", "cf_rand_donor", "cf_same_donor", "cf_ctx_pred",
+                                             "cf_ctrl_pred"]).to_pylist()
+    new = [r for r in t if r["image_id"] not in first]
+    donors = [r[k] for r in new for k in ("cf_rand_donor", "cf_same_donor") if r[k]]
+    assert len(new) == 12 and len(donors) >= 20
+    # 18 of the 30 images are earlier ones, so each draw from the whole dataset is an earlier image with
+    # probability ~0.6; a run that drew only from the 12 new images would have none.
+    assert sum(d in first for d in donors) >= 5
+    assert any(r["cf_ctx_pred"] for r in new) and any(r["cf_ctrl_pred"] for r in new)  # distractors removed
+
+
 def _config_file(tmp_path: Path, synth: Path) -> Path:
     cfg = {"name": "kill", "output": str(tmp_path / "results"),
            "dataset": {"format": "manifest", "path": str(synth / "manifest.csv")},

@@ -6,14 +6,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from common.annotations import ObjectAnn, dumps
+from common.counterfactual import apply_fill, fill_index
 from pipeline.collect import worker_table
 from pipeline.schema import RESULT_SCHEMA
-from common.annotations import ObjectAnn, dumps
 from workers.models import ModelSpec, Preprocess
 from workers.prepare import PrepareOptions, prepare_batch
-from workers.score import RESULT_KEYS, ScoreOptions, Scorer
+from workers.score import RESULT_KEYS, ScoreOptions, Scorer, fill_by_index
 
 PRE = Preprocess(size=(32, 32), resize="resize", crop_pct=1.0)
 SPEC = ModelSpec(name="tiny", source="python:tests.factories:tiny_cnn", num_classes=3, classes=("a", "b", "c"),
@@ -89,27 +91,58 @@ def test_scores_do_not_depend_on_the_batch(batch):
     assert np.frombuffer(one["cam"][0], np.float32) == pytest.approx(np.frombuffer(full["cam"][0], np.float32), abs=1e-6)
 
 
-def test_counterfactuals_fill_rand_same(tmp_path):
+def _cf_batch(tmp_path):
     rng = np.random.default_rng(1)
     paths = []
     for i in range(3):
         p = tmp_path / f"{i}.png"
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(p)
         paths.append(str(p))
-    obj = lambda lab: dumps([ObjectAnn(lab, bbox=(8, 8, 16, 16))])  # noqa: E731
-    b = _manifest(tmp_path, [{"image_id": "0", "path": paths[0], "label": "a", "objects": obj("a")}])
+    obj = lambda lab: dumps([ObjectAnn(lab, bbox=(8, 8, 12, 12))])
+    with_context = dumps([ObjectAnn("a", bbox=(2, 2, 10, 10)), ObjectAnn("c", bbox=(20, 20, 8, 8))])
+    b = _manifest(tmp_path, [{"image_id": "0", "path": paths[0], "label": "a", "objects": with_context},
+                             {"image_id": "1", "path": paths[1], "label": "b", "objects": obj("b")}])
     b.update({
-        "cf_rand_id": np.array(["1"], object), "cf_rand_path": np.array([paths[1]], object),
-        "cf_rand_label": np.array(["b"], object), "cf_rand_objects": np.array([obj("b")], object),
-        "cf_same_id": np.array(["2"], object), "cf_same_path": np.array([paths[2]], object),
-        "cf_same_label": np.array(["a"], object), "cf_same_objects": np.array([obj("a")], object),
+        "cf_rand_id": np.array(["1", None], object), "cf_rand_path": np.array([paths[1], None], object),
+        "cf_rand_label": np.array(["b", None], object), "cf_rand_objects": np.array([obj("b"), None], object),
+        "cf_same_id": np.array(["2", None], object), "cf_same_path": np.array([paths[2], None], object),
+        "cf_same_label": np.array(["a", None], object), "cf_same_objects": np.array([obj("a"), None], object),
     })
-    prepared = prepare_batch(b, PrepareOptions(PRE))
-    assert prepared["cf_rand_ok"][0] and prepared["cf_same_ok"][0]
-    out = Scorer(SPEC, ScoreOptions(counterfactual=True))(prepared)
-    for k in ("fill", "rand", "same"):
+    return b
+
+
+def test_counterfactuals_fill_rand_same_and_context(tmp_path):
+    prepared = prepare_batch(_cf_batch(tmp_path), PrepareOptions(PRE, context=True))
+    assert prepared["cf_rand_ok"][0] and prepared["cf_same_ok"][0] and not prepared["cf_rand_ok"][1]
+    assert prepared["cf_ctx_ok"].tolist() == [True, False]  # image 1 has no other object
+    assert prepared["cf_ctrl_ok"][0]
+    scorer = Scorer(SPEC, ScoreOptions(counterfactual=True))
+    out = scorer(prepared)
+    for k in ("fill", "rand", "same", "ctx", "ctrl"):
         assert out[f"cf_{k}_pred"][0] in ("a", "b", "c") and 0 <= out[f"cf_{k}_score"][0] <= 1
     assert out["cf_rand_donor"][0] == "1" and out["cf_same_donor"][0] == "2"
+    assert out["cf_ctx_pred"][1] is None and np.isnan(out["cf_ctx_score"][1])
+    assert out["cf_rand_pred"][1] is None and out["cf_fill_pred"][1] is not None
+    # Oracle: the ablated images built on the CPU by the numpy module, scored as plain images.
+    for k in ("ctx", "ctrl"):
+        plain = dict(prepared)
+        plain["pixels"] = apply_fill(prepared["pixels"][0], prepared[f"cf_{k}_index"][0])[None]
+        plain = {key: (v[:1] if key != "pixels" else v) for key, v in plain.items()}
+        ref = Scorer(SPEC, ScoreOptions())(plain)
+        assert ref["pred"][0] == out[f"cf_{k}_pred"][0]
+        assert ref["target_score"][0] == pytest.approx(out[f"cf_{k}_score"][0], abs=1e-5)
+    t = worker_table(out, run_id="r", model="tiny", fingerprint="f")
+    assert t.column("cf_ctx_pred").to_pylist()[0] == out["cf_ctx_pred"][0] and t.column("cf_ctx_score").null_count == 1
+
+
+def test_fill_by_index_matches_the_numpy_fill():
+    rng = np.random.default_rng(0)
+    px = rng.integers(0, 255, (2, 16, 16, 3), dtype=np.uint8)
+    index = np.stack([fill_index(np.array([[1, 2, 9, 7]]), (10, 10, 16, 13), (16, 16)),
+                      np.full((16, 16), -1, np.int32)])
+    got = fill_by_index(torch.from_numpy(px).permute(0, 3, 1, 2).float(), torch.from_numpy(index))
+    want = np.stack([apply_fill(px[i], index[i]) for i in range(2)])
+    assert (got.permute(0, 2, 3, 1).numpy() == want).all()
 
 
 def _jpeg_batch(tmp_path, n=3, exif=False):
