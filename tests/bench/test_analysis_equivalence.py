@@ -10,12 +10,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from tests.bench import reference as ref
 from bench.aggregate import build_results
 from pipeline.analysis import cues, evidence, frame
 from pipeline.analysis.cues import StatOptions
 from pipeline.analysis.evidence import to_jsonable
 from pipeline.schema import map_to_dict, read_results
+from tests.bench import reference as ref
 from tests.dashboard.fakes import write_results
 
 SO = StatOptions(n_boot=200, min_n=10, min_support=10)

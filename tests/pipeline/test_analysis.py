@@ -18,7 +18,14 @@ from pipeline.analysis.cues import (
 from pipeline.analysis.evidence import analyse
 from pipeline.analysis.frame import object_lift, prepare_frame
 from pipeline.analysis.judging import Condition, Finding, judge
-from pipeline.analysis.stats import Estimate, diff_ci, mean_ci, median_ci, paired_diff_ci, rate_diff_from_counts
+from pipeline.analysis.stats import (
+    Estimate,
+    diff_ci,
+    mean_ci,
+    median_ci,
+    paired_diff_ci,
+    rate_diff_from_counts,
+)
 from pipeline.config import GatePolicy
 from pipeline.gate import evaluate, markdown
 from pipeline.schema import PartWriter, conform
@@ -52,7 +59,7 @@ def test_object_lift_is_zero_for_a_uniform_map_and_one_on_the_object():
 def test_colour_cue_leaves_the_image_out_of_its_own_centroid():
     colors = np.array([[0, 0, 0], [0.1, 0, 0], [1, 1, 1], [0.9, 1, 1]], float)
     labels = np.array(["a", "a", "b", "b"], dtype=object)
-    cue, cent, acc = colour_cue_class(colors, labels)
+    cue, _, acc = colour_cue_class(colors, labels)
     assert list(cue) == ["a", "a", "b", "b"] and acc == 1.0
     cue, _, _ = colour_cue_class(np.array([[0, 0, 0], [1, 1, 1], [1, 1, 1], [0.9, 1, 1]], float), labels)
     assert cue[1] == "b"  # a black-class image on a white background points to class b
