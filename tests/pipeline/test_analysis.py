@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from pipeline.analysis.checks import CHECKS, FAIL, PASS, SKIP, WARN, CheckContext, model_status, run_checks
 from pipeline.analysis.cues import (
@@ -26,6 +29,7 @@ from pipeline.analysis.stats import (
     paired_diff_ci,
     rate_diff_from_counts,
 )
+from pipeline.cli import app
 from pipeline.config import GatePolicy
 from pipeline.gate import evaluate, markdown
 from pipeline.schema import PartWriter, conform
@@ -214,7 +218,14 @@ def test_keyboard_mouse_fails_the_gate(tmp_path):
     assert r.findings[0].inconclusive and "96 vs 6 images" in r.findings[0].reason
     assert r.status == SKIP and "inconclusive" in r.message and fair.passed
     assert r.findings[1].status == PASS  # no mass on the keyboard beyond its area
-    assert "inconclusive" in markdown(fair) and "96 vs 6 images" in markdown(fair)
+    assert "SKIP (inconclusive)" in markdown(fair) and "96 vs 6 images" in markdown(fair)
+    out = CliRunner().invoke(app, ["report", str(tmp_path / "fair")])
+    assert out.exit_code == 0 and "inconclusive" in out.output
+    out = CliRunner().invoke(app, ["gate", str(tmp_path / "fair"), "--json", str(tmp_path / "v.json"), "-q"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads((tmp_path / "v.json").read_text())
+    (cooc,) = [c for c in doc["models"][0]["checks"] if c["check"] == "cooccurrence_cue"]
+    assert cooc["findings"][0]["tested"] and cooc["findings"][0]["reason"].startswith("inconclusive")
 
 
 def test_attribute_gap_does_not_fail_a_class_that_is_merely_harder():
