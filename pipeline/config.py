@@ -419,6 +419,7 @@ class GatePolicy(_Frozen):
     bootstrap: int = Field(default=1000, ge=100, le=100_000)
     seed: int = 0
     min_n: int = Field(default=5, ge=1)
+    min_n_bootstrap: int = Field(default=20, ge=2)
     require_evidence: bool = False
     checks: ChecksPolicy = ChecksPolicy()
 

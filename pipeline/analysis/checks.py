@@ -87,7 +87,8 @@ class Check:
         return None
 
     def condition(self, pol: CheckPolicy, ctx: CheckContext) -> Condition:
-        return Condition(pol.warn, pol.fail, self.direction, ctx.stats.conf, pol.min_n or ctx.policy.min_n)
+        return Condition(pol.warn, pol.fail, self.direction, ctx.stats.conf, pol.min_n or ctx.policy.min_n,
+                         ctx.policy.min_n_bootstrap)
 
     def evaluate(self, ev: ModelEvidence, ctx: CheckContext) -> CheckResult:
         pol = getattr(ctx.policy.checks, self.name)
@@ -273,7 +274,10 @@ class CounterfactualFlip(Check):
                 f"neutral fill {cf.flip_fill.fmt(True)} (context only: out of distribution)")
         out = [Finding("model", "bg_gap", cf.bg_gap, note=note, examples=cf.examples)]
         for lab, est in cf.by_class.items():
-            out.append(Finding(f"class:{lab}", "bg_gap", est, family="class"))
+            # Per-class gaps locate the cue; the thresholds are calibrated on the model-level BG-Gap,
+            # and a class's own background can be legitimate context (a missile in the sky): only warn.
+            out.append(Finding(f"class:{lab}", "bg_gap", est, family="class", cap=WARN,
+                               note="class-level BG-Gap only warns"))
         return out
 
 

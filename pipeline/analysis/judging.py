@@ -10,9 +10,11 @@ and fail thresholds of its statistic, for "above is bad" (``direction="above"``)
   and the images it rests on. ``below`` mirrors all of it.
 
 So 0/6 correct on cue-conflicting images against 96/96 on aligned ones (gap interval [0.61, 1.00])
-fails, while 2/6 against 5/6 (interval [-0.11, 0.77]) is inconclusive. ``min_n`` is only a floor:
+fails, while 2/6 against 5/6 (interval [-0.04, 0.77]) is inconclusive. ``min_n`` is only a floor:
 a finding with fewer images in a compared group than that is not judged at all, because one image
-then moves a rate by more than the default fail gap (1/5 = 0.2).
+then moves a rate by more than the default fail gap (1/5 = 0.2). Continuous statistics judged on a
+percentile-bootstrap interval need ``min_n_bootstrap`` (20) images: below that the bootstrap's
+interval is too narrow (Hesterberg 2015, "What teachers should know about the bootstrap").
 
 **Families.** Findings that share a ``family`` (the per-class findings of a check, the
 (label, attribute value) groups of ``attribute_gap``) are many tests of one question, so FAIL and
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.analysis.stats import Direction, Estimate, holm, p_beyond
+from pipeline.analysis.stats import BOOTSTRAP, Direction, Estimate, holm, p_beyond
 
 PASS, WARN, FAIL, SKIP, ERROR, INFO = "PASS", "WARN", "FAIL", "SKIP", "ERROR", "INFO"
 RANK = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3, ERROR: 4}
@@ -80,6 +82,12 @@ class Condition:
     direction: Direction
     conf: float = 0.95
     min_n: int = 5
+    min_n_bootstrap: int = 20
+
+    def floor(self, est: Estimate) -> int:
+        """Images a finding needs: percentile-bootstrap intervals are too narrow on small samples
+        (Hesterberg 2015), score intervals keep their coverage down to a handful of images."""
+        return self.min_n_bootstrap if est.method == BOOTSTRAP else self.min_n
 
     def of(self, f: Finding) -> tuple[float, float, Direction]:
         return (self.warn if f.warn is None else f.warn, self.fail if f.fail is None else f.fail,
@@ -107,8 +115,9 @@ def judge(findings: Sequence[Finding], cond: Condition) -> None:
         f.status, f.reason, f.tested = SKIP, "", False
         if not f.estimate.ok:
             f.reason = "nothing measured"
-        elif f.estimate.n < cond.min_n:
-            f.reason = f"needs >= {cond.min_n} images per compared group (has {f.estimate.n})"
+        elif f.estimate.n < cond.floor(f.estimate):
+            kind = "for a bootstrap interval" if f.estimate.method == BOOTSTRAP else "per compared group"
+            f.reason = f"needs >= {cond.floor(f.estimate)} images {kind} (has {f.estimate.n})"
         elif not f.estimate.has_interval:
             f.reason = f"no confidence interval ({f.estimate.sizes()})"
         else:

@@ -165,6 +165,9 @@ def test_judge_on_the_interval_without_a_cliff():
     assert "spans the fail threshold 0.2" in spans.reason and "100 images" in spans.reason
     small = _judged(Estimate(0.5, 0.3, 0.7, 4), above)  # below the floor of 5 per compared group
     assert small.status == SKIP and not small.tested and "needs >= 5 images" in small.reason
+    boot = _judged(Estimate(0.5, 0.3, 0.7, 12, "bootstrap"), above)  # too few for a bootstrap interval
+    assert boot.status == SKIP and "needs >= 20 images for a bootstrap interval" in boot.reason
+    assert _judged(Estimate(0.5, 0.3, 0.7, 12, "wilson", (6, 12)), above).status == FAIL
     below = Condition(warn=0.25, fail=0.20, direction="below")
     assert _judged(Estimate(0.1, 0.05, 0.19, 50), below).status == FAIL
     assert _judged(Estimate(0.3, 0.21, 0.4, 50), below).status == PASS
