@@ -65,7 +65,7 @@ class Verdict:
 
 
 def stat_options(policy: GatePolicy) -> StatOptions:
-    return StatOptions(conf=policy.confidence, n_boot=policy.bootstrap, seed=policy.seed, min_n=policy.min_n)
+    return StatOptions(conf=policy.confidence, n_boot=policy.bootstrap, seed=policy.seed)
 
 
 def resolve_baseline(root: Path, baseline: str) -> tuple[Path, str | None, str]:

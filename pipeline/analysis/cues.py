@@ -45,14 +45,13 @@ from pipeline.analysis.stats import (
 class StatOptions:
     """How estimates are made: rates get score intervals, continuous statistics the bootstrap.
 
-    ``min_n``: the floor of images per compared group below which a finding is not judged;
     ``min_support``: images a co-occurring category must appear in before it can signal a class.
+    (The floor of images below which a finding is not judged is the policy's: judging.Condition.)
     """
 
     conf: float = 0.95
     n_boot: int = 1000
     seed: int = 0
-    min_n: int = 5
     min_support: int = 20
     examples: int = 8
 
