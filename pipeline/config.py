@@ -375,7 +375,7 @@ class CooccurrencePolicy(CheckPolicy):
 
     warn: float = 0.10
     fail: float = 0.20
-    saliency: Thresholds = Thresholds(warn=0.15, fail=0.25)
+    saliency: Thresholds = Thresholds(warn=0.05, fail=0.10)
     min_object_cells: float = Field(default=4.0, ge=0)
 
 
