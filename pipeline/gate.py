@@ -196,7 +196,7 @@ def markdown(v: Verdict) -> str:
             out.append(f"- {ICON.get(r.status, '')} **{r.title}** ({r.check}, {r.status}): {r.message}")
             if r.examples and r.status != SKIP:
                 out.append(f"  - example images: {', '.join(f'`{x}`' for x in r.examples[:5])}")
-            for f in (f for f in r.inconclusive if f.reason not in r.message):
+            for f in r.inconclusive:
                 out.append(f"  - inconclusive `{f.scope}` {f.statistic} = {f.estimate.fmt()}: {f.reason}")
         out.append("")
     return "\n".join(out)

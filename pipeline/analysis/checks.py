@@ -53,8 +53,8 @@ class CheckResult:
 
     @property
     def inconclusive(self) -> list[Finding]:
-        """Findings whose interval could not decide (they carry the reason)."""
-        return [f for f in self.findings if f.inconclusive]
+        """Findings whose interval could not decide (they carry the reason); a summary's member, not its copy."""
+        return [f for f in self.findings if f.inconclusive and f.summarises is None]
 
 
 @dataclass
@@ -137,7 +137,8 @@ class Check:
     def _message(self, judged: list[Finding], flagged: list[Finding], primary: list[Finding],
                  cond: Condition) -> str:
         tops = [f for f in judged if f.summarises is not None and f.status in (WARN, FAIL)]
-        lead = (tops or flagged or [f for f in primary if f.inconclusive] or primary or judged or [None])[0]
+        worst_first = sorted(flagged, key=lambda f: -RANK[f.status])
+        lead = (tops or worst_first or [f for f in primary if f.inconclusive] or primary or judged or [None])[0]
         if lead is None:
             return ""
         warn, fail, d = cond.of(lead)
@@ -157,7 +158,8 @@ class Check:
         extra = [f for f in flagged if f is not lead and f.scope != lead.summarises]
         if extra:
             msg += f" (+{len(extra)} more flagged)"
-        unsure = [f for f in judged if f.inconclusive and f is not lead and f.summarises is None]
+        unsure = [f for f in judged if f.inconclusive and f is not lead and f.summarises is None
+                  and f.scope != lead.summarises]
         if unsure:
             msg += f" ({len(unsure)} inconclusive: {', '.join(f'{f.scope} {f.statistic}' for f in unsure[:3])}"
             msg += ", ...)" if len(unsure) > 3 else ")"
