@@ -411,11 +411,21 @@ def load_model_spec(path: str | os.PathLike[str]):  # -> workers.models.ModelSpe
 # Gate policy (gate.yaml)
 
 
+class Thresholds(_Frozen):
+    """The warn and fail thresholds of one statistic (a check judging several has one pair each)."""
+
+    warn: float
+    fail: float
+
+
 class CheckPolicy(_Frozen):
     """One check's condition: severity and the warn/fail thresholds on its statistic.
 
-    A check flags only when the whole confidence interval of its statistic lies beyond a
-    threshold and the evidence has at least ``min_n`` images (else SKIP).
+    A finding FAILs when its confidence interval lies wholly beyond ``fail``, WARNs when wholly
+    beyond ``warn``, PASSes when the interval rules ``fail`` out, and is otherwise inconclusive
+    (SKIP, with the reason). Per-class and per-group findings are corrected for multiplicity (Holm).
+    ``min_n`` overrides the gate's floor of images per compared group below which a finding is not
+    judged.
     """
 
     enabled: bool = True
@@ -446,10 +456,18 @@ class BackgroundColourPolicy(CheckPolicy):
 
 class CooccurrencePolicy(CheckPolicy):
     """Accuracy gap between images whose co-occurring objects agree with the label and those where
-    they signal another class (above = worse)."""
+    they signal another class (above = worse), and ``saliency``: the chance-corrected CAM mass on
+    the signalling object on cue-aligned images, (share - area) / (1 - area) (above = worse). The
+    saliency finding is capped at WARN when the median labelled object covers fewer than
+    ``min_object_cells`` feature cells (as background_reliance). ``ablation``: the context-ablation
+    gap, the flip rate of cue-aligned images with the co-occurring objects removed minus with
+    same-size background patches removed, paired per image (above = worse)."""
 
     warn: float = 0.10
     fail: float = 0.20
+    saliency: Thresholds = Thresholds(warn=0.05, fail=0.10)
+    ablation: Thresholds = Thresholds(warn=0.10, fail=0.20)
+    min_object_cells: float = Field(default=4.0, ge=0)
 
 
 class CounterfactualPolicy(CheckPolicy):
@@ -491,7 +509,8 @@ class GatePolicy(_Frozen):
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     bootstrap: int = Field(default=1000, ge=100, le=100_000)
     seed: int = 0
-    min_n: int = Field(default=20, ge=1)
+    min_n: int = Field(default=5, ge=1)
+    min_n_bootstrap: int = Field(default=20, ge=2)
     require_evidence: bool = False
     checks: ChecksPolicy = ChecksPolicy()
 

@@ -66,7 +66,7 @@ class Verdict:
 
 
 def stat_options(policy: GatePolicy) -> StatOptions:
-    return StatOptions(conf=policy.confidence, n_boot=policy.bootstrap, seed=policy.seed, min_n=policy.min_n)
+    return StatOptions(conf=policy.confidence, n_boot=policy.bootstrap, seed=policy.seed)
 
 
 def resolve_baseline(root: AnyPath, baseline: str) -> tuple[AnyPath, str | None, str]:
@@ -161,11 +161,20 @@ def write_junit(v: Verdict, path: str | os.PathLike[str]) -> None:
 
 
 def _detail(r: CheckResult) -> str:
-    lines = [f"{f.status:5} {f.scope}: {f.statistic} = {f.estimate.fmt()}" + (f" — {f.note}" if f.note else "")
-             for f in r.findings]
+    lines = []
+    for f in r.findings:
+        line = f"{f.status:5} {f.scope}: {f.statistic} = {f.estimate.fmt()}"
+        line += "".join(f" — {x}" for x in (f.note, f.reason) if x)
+        lines.append(line)
     if r.examples:
         lines.append("examples: " + ", ".join(r.examples))
     return "\n".join(lines)
+
+
+def status_cell(r: CheckResult) -> str:
+    """``➖ SKIP (inconclusive)`` for a check whose interval could not decide, else the status."""
+    label = f"{r.status} (inconclusive)" if r.status == SKIP and r.inconclusive else r.status
+    return f"{ICON.get(r.status, '')} {label}"
 
 
 def markdown(v: Verdict) -> str:
@@ -176,18 +185,20 @@ def markdown(v: Verdict) -> str:
     out.append("|---|---|" + "---|" * len(checks))
     for m in v.models:
         by = {r.check: r for r in m.checks}
-        cells = [f"{ICON.get(by[c].status, '')} {by[c].status}" if c in by else "" for c in checks]
+        cells = [status_cell(by[c]) if c in by else "" for c in checks]
         out.append(f"| `{m.model}` | {ICON.get(m.status, '')} **{m.status}** | " + " | ".join(cells) + " |")
     out.append("")
     for m in v.models:
-        flagged = [r for r in m.checks if r.status in (FAIL, WARN, "ERROR")]
-        if not flagged:
+        shown = [r for r in m.checks if r.status in (FAIL, WARN, "ERROR") or r.inconclusive]
+        if not shown:
             continue
         out.append(f"### `{m.model}`")
-        for r in flagged:
-            out.append(f"- {ICON.get(r.status, '')} **{r.title}** ({r.check}): {r.message}")
-            if r.examples:
+        for r in shown:
+            out.append(f"- {ICON.get(r.status, '')} **{r.title}** ({r.check}, {r.status}): {r.message}")
+            if r.examples and r.status != SKIP:
                 out.append(f"  - example images: {', '.join(f'`{x}`' for x in r.examples[:5])}")
+            for f in r.inconclusive:
+                out.append(f"  - inconclusive `{f.scope}` {f.statistic} = {f.estimate.fmt()}: {f.reason}")
         out.append("")
     return "\n".join(out)
 

@@ -54,6 +54,8 @@ def model_panel(m) -> Panel:  # m: ModelVerdict
         c.add_column(col)
     for r in m.checks:
         c.add_row(r.check, _status(r.status), r.message)
+        for f in r.inconclusive:  # the interval could not decide: say which finding, and why
+            c.add_row("", Text("inconclusive", style="dim italic"), f"{f.scope} {f.statistic}: {f.reason}")
     parts: list = [head, t, c]
     if ev.errors_by_kind:
         parts.append(Text("errors: " + ", ".join(f"{k} {n}" for k, n in sorted(ev.errors_by_kind.items())), style="yellow"))

@@ -5,7 +5,7 @@ workers remove every other annotated object of an image (its dilated boxes fille
 image's own background, :mod:`common.counterfactual`) and, as the control, the same number of
 same-size boxes of plain background elsewhere, filled the same way (``cf_ctx_*`` / ``cf_ctrl_*``).
 Any edit moves an image off the training distribution a little; the control measures how much
-that alone flips predictions, so the statistic is the paired difference
+that alone flips predictions, so the statistic is the paired difference (Newcombe's paired interval)
 
     context_gap = P(flip | context removed) - P(flip | same-size background removed)
 
@@ -66,9 +66,9 @@ def context_ablation(df: pd.DataFrame, aligned: np.ndarray, so: StatOptions) -> 
         flipped = flipped.sort_values("pred_score", ascending=False)
     return ContextAblationEvidence(
         n=len(d),
-        flip_context=so.mean(flip_ctx),
-        flip_control=so.mean(flip_ctrl),
-        context_gap=so.paired(flip_ctx, flip_ctrl),
+        flip_context=so.rate(flip_ctx),
+        flip_control=so.rate(flip_ctrl),
+        context_gap=so.paired_rate_diff(flip_ctx, flip_ctrl),
         drop_context=so.mean(target - d.cf_ctx_score.to_numpy(dtype=float)),
         drop_control=so.mean(target - d.cf_ctrl_score.to_numpy(dtype=float)),
         examples=[str(x) for x in flipped.image_id.head(so.examples)],

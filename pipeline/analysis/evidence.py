@@ -1,7 +1,7 @@
 """Per-model and per-class evidence: object mass, chance-corrected score, pointing, cues.
 
-Everything is computed from the Parquet facts (no CAM is recomputed), with bootstrap CIs and sample
-counts. ``analyse`` returns one :class:`ModelEvidence` per model; checks, report and dashboard all
+Everything is computed from the Parquet facts (no CAM is recomputed), with sample counts and CIs
+(Wilson score intervals for rates, the bootstrap for continuous statistics: :mod:`.stats`). ``analyse`` returns one :class:`ModelEvidence` per model; checks, report and dashboard all
 read from it.
 """
 
@@ -99,13 +99,13 @@ def group_stats(key: str, d: pd.DataFrame, so: StatOptions) -> GroupStats:
         key=key,
         n=len(d),
         scored=len(ok),
-        accuracy=so.mean(ok.correct),
+        accuracy=so.rate(ok.correct),
         object_share=so.mean(ok.object_share),
         object_share_median=median_ci(ok.object_share, so.conf, so.n_boot, so.seed),
         object_area=so.mean(ok.object_area),
         object_lift=so.mean(ok.object_lift),
-        pointing=so.mean(ok.pointing_hit),
-        off_object=so.mean(off),
+        pointing=so.rate(ok.pointing_hit),
+        off_object=so.rate(off),
         background_share=so.mean(ok.background_share),
         worst=[str(x) for x in ok[ok.object_share.notna()].nsmallest(so.examples, "object_share").image_id],
     )

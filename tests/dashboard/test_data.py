@@ -80,9 +80,10 @@ def test_class_table_is_coloured_by_the_class_findings(verdict):
     mv = next(m for m in verdict.models if m.model == FAILING)
     t = data.class_table(mv).set_index("class")
     assert list(t.index) == ["(all)", "disk", "square", "triangle"]
-    assert (t.status == "FAIL").all()
-    assert "background_reliance WARN" in t.loc["disk", "flags"]  # class-level saliency only warns
-    assert "counterfactual_flip FAIL" in t.loc["disk", "flags"]
+    # the model-level findings fail; class-level saliency and class-level BG-Gap only warn
+    assert t.loc["(all)", "status"] == "FAIL" and (t.loc[["disk", "square", "triangle"], "status"] == "WARN").all()
+    assert "background_reliance WARN" in t.loc["disk", "flags"]
+    assert "counterfactual_flip WARN" in t.loc["disk", "flags"]
     assert t.loc["disk", "object share"] == pytest.approx(0.02, abs=0.01)
     ok = data.class_table(next(m for m in verdict.models if m.model == PASSING)).set_index("class")
     assert (ok.loc[["disk", "square", "triangle"], "status"] == "PASS").all()

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.cli import app
 from cuebench.demo import CUES, EXPECTED_CHECK
+from pipeline.cli import app
 from pipeline.gate import evaluate
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -42,7 +42,7 @@ def test_biased_model_fails_with_the_check_of_its_cue(verdict, cue):
     assert m.status == "FAIL"
     assert status[EXPECTED_CHECK[cue]] == "FAIL", status
     assert status["counterfactual_flip"] == "FAIL", status  # the control-corrected swap sees every cue
-    failing = [r for r in m.checks if r.check == EXPECTED_CHECK[cue]][0]
+    failing = next(r for r in m.checks if r.check == EXPECTED_CHECK[cue])
     assert failing.examples, "a flag carries example image ids"
 
 
@@ -63,9 +63,23 @@ def test_biased_models_put_clearly_less_mass_on_objects(verdict):
         assert b.hi < f.lo, (cue, b, f)
 
 
+def test_cooccurrence_saliency_is_judged(verdict):
+    """CAM mass on the signalling object beyond its area: the biased model's is clearly above the fail
+    threshold, the fair model's below zero (saliency thresholds set on seed 101, checked here)."""
+    for variant, want in (("biased", "FAIL"), ("fair", "PASS")):
+        r = next(r for r in _model(verdict, f"cooccur-{variant}").checks if r.check == "cooccurrence_cue")
+        (sal,) = [f for f in r.findings if f.statistic == "cue_object_lift"]
+        assert sal.judged and sal.status == want, (variant, sal.estimate)
+
+
 def test_real_pretrained_model_on_real_photos_passes(verdict):
     m = _model(verdict, "efficientnet-lite0")
-    assert m.status == "PASS", {r.check: (r.status, r.message) for r in m.checks}
+    status = {r.check: (r.status, r.message) for r in m.checks}
+    assert m.status in ("PASS", "WARN") and not [r for r in m.checks if r.failed], status
+    # Its one missile photo, in six views, loses the label on other classes' backgrounds: a class-level
+    # BG-Gap, which only warns. Nothing else may warn.
+    warned = [(r.check, f.scope) for r in m.checks for f in r.findings if f.status == "WARN"]
+    assert set(warned) <= {("counterfactual_flip", "class:missile")}, warned
     assert m.evidence.overall.object_lift.lo > 0.2  # it looks at the annotated objects
     assert m.evidence.feature_layer == "_swish@1"
 
@@ -79,7 +93,7 @@ def test_gate_exit_codes_and_report_files(demo_results, tmp_path):
     assert doc["passed"] is False and {m["model"] for m in doc["models"]} >= {"background-biased", "background-fair"}
     suites = ET.parse(x).getroot()
     assert int(suites.get("failures")) >= 6
-    biased = [s for s in suites if s.get("name") == "cueaudit.background-biased"][0]
+    biased = next(s for s in suites if s.get("name") == "cueaudit.background-biased")
     assert any(tc.find("failure") is not None and tc.get("name") == "background_colour_cue" for tc in biased)
     text = md.read_text()
     assert "❌ **cueaudit gate failed**" in text and "`background-biased`" in text
