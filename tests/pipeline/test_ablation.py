@@ -13,7 +13,7 @@ from pipeline.analysis.evidence import analyse
 from pipeline.analysis.frame import prepare_frame
 from pipeline.config import GatePolicy
 
-SO = StatOptions(n_boot=300, min_n=20)
+SO = StatOptions(n_boot=300)
 
 
 def test_rates_are_paired_on_rows_with_both_counterfactuals():
