@@ -24,7 +24,8 @@ import os
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.cluster import (
+    ClusterError,
+    cluster_nodes,
+    code_to_ship,
+    describe_stall,
+    loopback_only,
+    merge_job_env,
+    plan_resources,
+    watch,
+    worker_runtime_env,
+)
 from pipeline.collect import timings, worker_table
 from pipeline.config import LoadedConfig
 from pipeline.donors import assign_donors
@@ -115,10 +127,13 @@ def _fingerprinted(opts: Any) -> Any:
 
 
 @contextmanager
-def ray_session(address: str | None, num_cpus: int | None):
+def ray_session(address: str | None, num_cpus: int | None, code: Sequence[Path] = (), keep_out: Sequence[Path] = ()):
     """Join ``address`` (or ``RAY_ADDRESS``), or start an embedded local Ray for this run.
 
-    A Ray already initialised in this process (a test session, a notebook) is reused and left up.
+    A joined cluster gets the code its workers import through ``runtime_env`` (cueaudit's worker
+    packages and ``code``, never ``keep_out``; see :func:`pipeline.cluster.worker_runtime_env`). The
+    embedded Ray listens on 127.0.0.1 only. A Ray already initialised in this process (a test
+    session, a notebook) is reused as it is and left up.
     """
     import ray
 
@@ -127,17 +142,21 @@ def ray_session(address: str | None, num_cpus: int | None):
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True}
+    override = False
     if address:
         kwargs["address"] = address
+        kwargs["runtime_env"], override = merge_job_env(worker_runtime_env(code, keep_out))
     else:
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
+        kwargs["_node_ip_address"] = "127.0.0.1"
         # Local workers import the same code as the driver (and factories next to the config).
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
         kwargs["runtime_env"]["env_vars"]["RAY_DEDUP_LOGS"] = "0"
     try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+        with loopback_only() if not address else nullcontext(), _job_env_override(override):
+            ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
         raise RunError(f"cannot start or join Ray at {address or 'local'}: {e}") from None
     try:
         yield ray
@@ -145,28 +164,28 @@ def ray_session(address: str | None, num_cpus: int | None):
         ray.shutdown()
 
 
+@contextmanager
+def _job_env_override(on: bool):
+    if not on:
+        yield
+        return
+    old = os.environ.get("RAY_OVERRIDE_JOB_RUNTIME_ENV")
+    os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_OVERRIDE_JOB_RUNTIME_ENV", None)
+        else:
+            os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = old
+
+
 def _resources(ray: Any, exe: Any) -> dict[str, Any]:
-    """Actors per model and what each reserves: one replica per GPU, else CPU actors."""
-    cluster = ray.cluster_resources()
-    gpus_avail = float(cluster.get("GPU", 0))
-    cpus_avail = max(1, int(cluster.get("CPU", 1)))
-    if exe.device == "cpu":
-        gpus = 0.0
-    elif exe.gpus_per_worker is not None:
-        gpus = exe.gpus_per_worker
-    else:
-        gpus = 1.0 if gpus_avail >= 1 else 0.0
-    if exe.device == "cuda" and (gpus == 0 or gpus_avail == 0):
-        raise RunError("execution.device is 'cuda' but the Ray cluster has no GPU")
-    if gpus > gpus_avail:
-        raise RunError(f"execution.gpus_per_worker={gpus} but the cluster has {gpus_avail:g} GPU(s)")
-    workers = exe.workers or (max(1, int(gpus_avail // gpus)) if gpus else 1)
-    cpus = float(exe.cpus_per_worker)
-    if cpus * workers >= cpus_avail > 1:
-        cpus = max(0.5, (cpus_avail - 1) / workers)  # leave a CPU for the prepare tasks
-    threads = None if gpus else max(1, cpus_avail // workers)
-    return {"workers": workers, "gpus": gpus, "cpus": cpus, "threads": threads,
-            "prepare_cpus": 1.0 if cpus_avail > 1 else 0.5}
+    """Actors per model and what each reserves, sized per node (:func:`pipeline.cluster.plan_resources`)."""
+    try:
+        return asdict(plan_resources(cluster_nodes(ray), exe))
+    except ClusterError as e:
+        raise RunError(str(e)) from None
 
 
 def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
@@ -208,7 +227,8 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
         log.info("nothing to do: every image is already scored for every model")
     try:
         if pending:
-            with ray_session(address or cfg.execution.address, cfg.execution.num_cpus) as ray:
+            code = code_to_ship(loaded.base, [p.spec.source for p in plans], [Path(p) for p in import_paths(loaded)[:2]])
+            with ray_session(address or cfg.execution.address, cfg.execution.num_cpus, code, [out, *map(Path, roots)]) as ray:
                 res = _resources(ray, cfg.execution)
                 for plan in plans:
                     if plan.name in pending:
@@ -275,7 +295,11 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
     try:
         with bar as p:
             task = p.add_task(plan.name, total=table.num_rows) if p else None
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            nodes = [n.node_id for n in cluster_nodes(ray)]
+            batches = watch(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1),
+                            cfg.execution.stall_timeout,
+                            lambda waited: describe_stall(ray, plan.name, res, waited, nodes))
+            for batch in batches:
                 for k, v in timings(batch).items():
                     secs[k] = secs.get(k, 0.0) + v
                 t = worker_table(batch, run_id=run_id, model=plan.name, fingerprint=plan.fingerprint)
@@ -290,6 +314,9 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
                     flush()
                 if p:
                     p.update(task, advance=t.num_rows)
+    except ClusterError as e:  # a stall: its message says what the run waits for
+        flush()
+        raise RunError(str(e)) from None
     except Exception as e:
         flush()
         cause = getattr(e, "cause", None) or e
