@@ -62,7 +62,7 @@ class Node:
     free_gpus: float | None = None
 
     def label(self) -> str:
-        return f"{self.address} [{self.node_id[:8]}]"
+        return f"node {self.node_id[:8]} at {self.address}"
 
 
 @dataclass(frozen=True)

@@ -263,7 +263,8 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
         table = assign_donors(table, seed=cfg.counterfactual.seed)
     _, _, preprocess, _ = resolve_spec(plan.spec)
     bs = cfg.execution.batch_size
-    ds = ray.data.from_arrow(_blocks(table, max(64, bs * BLOCK_ROWS_PER_BATCH)))
+    # from_blocks: metadata computed here, no remote task that would wait for a free CPU before the stall watch
+    ds = ray.data.from_blocks(_blocks(table, max(64, bs * BLOCK_ROWS_PER_BATCH)))
     device_decode = cfg.execution.decode == "device" or (cfg.execution.decode == "auto" and res["gpus"] > 0)
     popts = PrepareOptions(preprocess, cfg.execution.max_pixels, device_decode=device_decode)
     ds = ds.map_batches(prepare_batch, fn_kwargs={"opts": popts},

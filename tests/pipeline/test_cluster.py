@@ -5,7 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.cluster import (
+    ClusterError,
     Node,
     Resources,
     StallError,
-    ClusterError,
     code_to_ship,
     describe_stall,
     fits,
+    loopback_only,
     merge_job_env,
     plan_resources,
     watch,
@@ -113,7 +117,7 @@ def test_watch_passes_items_and_errors_through():
     got = []
     with pytest.raises(KeyError, match="boom"):
         for x in watch(broken(), 5.0, lambda w: "stalled"):
-            got.append(x)
+            got.append(x)  # noqa: PERF402 - the items before the exception
     assert got == [1]
 
 
@@ -128,7 +132,7 @@ def test_watch_raises_a_stall_with_the_callers_message():
     got, waited = [], []
     with pytest.raises(StallError, match="waits for CPU 1"):
         for x in watch(hangs(), 0.3, lambda w: waited.append(w) or "waits for CPU 1"):
-            got.append(x)
+            got.append(x)  # noqa: PERF402 - the items before the exception
     release.set()
     assert got == ["first"] and waited and waited[0] >= 0.3
 
@@ -156,7 +160,7 @@ def test_a_stall_message_names_requests_offers_and_lost_nodes():
     msg = describe_stall(FakeRay([a], [b]), "tiny", res, 31.2, [a.node_id, b.node_id])
     assert "model 'tiny': no batch finished for 31 s" in msg
     assert "2 scoring actor(s) requesting CPU 1 each and prepare tasks requesting CPU 0.5 each" in msg
-    assert "10.0.0.0 [00000000]: CPU" in msg and "10.0.0.1" not in msg
+    assert "node 00000000 at 10.0.0.0: CPU" in msg and "10.0.0.1" not in msg
     assert "1 node(s) left the cluster" in msg
 
 
@@ -203,3 +207,181 @@ def test_a_submitted_jobs_own_modules_are_kept(monkeypatch):
         {"runtime_env": {"working_dir": "gcs://x.zip", "py_modules": ["gcs://m.zip"], "excludes": [".venv", "*.pt"]}}))
     merged, override = merge_job_env(ours)
     assert override and merged == {"py_modules": ["gcs://m.zip", "/a/workers"], "excludes": [".venv", "*.pt"]}
+
+
+# ---- a multi-node cluster on this machine (ray.cluster_utils): 1 CPU per node --------------------
+
+FACTORY = '''"""A factory that lives next to the audit config, importable on workers only through runtime_env."""
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def tiny(num_classes: int = 3) -> nn.Module:
+    if Path(__file__).resolve().parent == Path({folder!r}):
+        raise RuntimeError("imported from the driver's folder, not from the code Ray shipped")
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("features", nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU()))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flatten", nn.Flatten())
+    net.add_module("fc", nn.Linear(4, num_classes))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return net
+'''
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and two worker nodes with 1 CPU each, all on 127.0.0.1."""
+    from ray.cluster_utils import Cluster
+
+    args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024 * 1024}
+    c = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
+    c.workers_started = [c.add_node(**args) for _ in range(2)]
+    c.wait_for_nodes()
+    yield c
+    c.shutdown()
+
+
+def _audit(tmp_path: Path, n: int, seed: int, **execution) -> tuple[Path, Path]:
+    """An audit config in its own folder, beside the factory module it names."""
+    import yaml
+
+    from cuebench.synth import SynthConfig, generate
+
+    data = generate(tmp_path / "data", SynthConfig(cue="background", n=n, correlation=0.6, seed=seed))
+    folder = tmp_path / "audit"
+    folder.mkdir()
+    (folder / "auditnets.py").write_text(FACTORY.format(folder=str(folder.resolve())))
+    cfg = {"name": "cluster", "output": str(tmp_path / "results"),
+           "dataset": {"format": "manifest", "path": str(data / "manifest.csv")},
+           "models": [{"name": "tiny", "source": "python:auditnets:tiny", "num_classes": 3,
+                       "classes": ["disk", "square", "triangle"], "preprocess": {"size": 32, "resize": "resize"}}],
+           "execution": {"batch_size": 2, "flush_rows": 4, **execution}}
+    path = folder / "audit.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, tmp_path / "results"
+
+
+def _cli(args: list[str]) -> subprocess.Popen:
+    # The nodes registered as 127.0.0.1; without this, Ray rewrites a loopback address to the machine's.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    """The process's output once it ends; killed (and the test failed) when it outlives ``timeout``."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("cueaudit run did not end: " + proc.communicate()[0][-3000:])
+
+
+def _exactly_once(out: Path, n: int) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import part_files, read_results
+
+    t = read_results(out, columns=["image_id", "error"], current_only=False)
+    ids = t.column("image_id").to_pylist()
+    assert len(ids) == n and len(set(ids)) == n
+    assert sum(pq.read_metadata(f).num_rows for f in part_files(out)) == n  # no hidden duplicate on disk
+    assert t.column("error").null_count == n
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_workers_on_one_cpu_nodes_with_a_factory_shipped_by_runtime_env(cluster, tmp_path):
+    cfg, out = _audit(tmp_path, n=12, seed=7, workers=2)
+    proc = _cli(["run", str(cfg), "--address", cluster.address, "--no-progress"])
+    log = _finish(proc)
+    assert proc.returncode == 0, log
+    _exactly_once(out, 12)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_run_that_cannot_get_resources_stops_and_says_why(cluster, tmp_path):
+    import ray
+
+    cfg, _ = _audit(tmp_path, n=4, seed=8, stall_timeout=5)
+    with loopback_only():  # the nodes registered as 127.0.0.1 (see _cli)
+        ray.init(address=cluster.address, include_dashboard=False, logging_level="ERROR")
+    try:
+        @ray.remote(num_cpus=1)
+        class Hog:
+            def ready(self) -> bool:
+                return True
+
+        hogs = [Hog.remote() for _ in range(3)]  # every CPU of every node
+        ray.get([h.ready.remote() for h in hogs], timeout=120)
+        proc = _cli(["run", str(cfg), "--address", cluster.address, "--no-progress"])
+        log = _finish(proc)
+        for h in hogs:
+            ray.kill(h)
+    finally:
+        ray.shutdown()
+    assert proc.returncode == 2, log
+    flat = " ".join(log.split())
+    assert "no batch finished for 5 s (execution.stall_timeout)" in flat
+    assert "1 scoring actor(s) requesting CPU" in flat and "prepare tasks requesting CPU" in flat
+    assert flat.count("CPU 0 free of 1") == 3, flat
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_node_removed_mid_run_loses_no_image_and_duplicates_none(cluster, tmp_path):
+    from pipeline.schema import part_files, read_runs
+
+    n = 200
+    cfg, out = _audit(tmp_path, n=n, seed=9, workers=2, stall_timeout=60)
+    proc = _cli(["run", str(cfg), "--address", cluster.address, "--no-progress"])
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (out.exists() and part_files(out)):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before a node could be removed: " + (proc.stdout.read() or "")
+    cluster.remove_node(cluster.workers_started[0])
+    log = _finish(proc)
+    runs = 1
+    if proc.returncode != 0:  # the run may stop (exit 2, saying why); the same command completes it
+        assert proc.returncode == 2, log
+        again = _cli(["run", str(cfg), "--address", cluster.address, "--no-progress"])
+        log2 = _finish(again)
+        assert again.returncode == 0, log + log2
+        runs = 2
+    _exactly_once(out, n)
+    assert [r.status for r in read_runs(out)][-1] == "finished" and len(read_runs(out)) == runs
+
+
+@pytest.mark.ray
+def test_the_embedded_ray_listens_on_loopback_only(tmp_path):
+    """Every listening socket of the driver and the Ray processes it starts is on 127.0.0.1."""
+    pytest.importorskip("psutil")
+    code = (
+        "import json, os, psutil, ray\n"
+        "from pipeline.run import ray_session\n"
+        "with ray_session(None, 1):\n"
+        "    ray.get(ray.remote(lambda: 1).remote())\n"
+        "    procs = [psutil.Process()] + psutil.Process().children(recursive=True)\n"
+        "    socks = []\n"
+        "    for p in procs:\n"
+        "        try:\n"
+        "            socks += [(p.name(), c.laddr.ip) for c in p.net_connections('inet') if c.status == 'LISTEN']\n"
+        "        except psutil.NoSuchProcess:\n"
+        "            pass\n"
+        "print(json.dumps(socks))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    out = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    socks = json.loads(out.stdout.strip().splitlines()[-1])
+    names = {name for name, _ in socks}
+    assert {"gcs_server", "raylet"} <= names, socks  # the servers were found
+    assert {ip for _, ip in socks} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, socks
