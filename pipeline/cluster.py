@@ -192,12 +192,19 @@ def describe_stall(ray: Any, model: str, res: dict[str, Any], waited: float, kno
         offer = describe_nodes(nodes)
     gone = sorted(set(known) - {n.node_id for n in nodes})
     actor = f"CPU {res['cpus']:g}" + (f" + GPU {res['gpus']:g}" if res["gpus"] else "")
+    need = min(res["cpus"], res["prepare_cpus"])
+    known_free = [n for n in nodes if n.free_cpus is not None]
+    if known_free and all(n.free_cpus + EPS < need for n in known_free):
+        hint = ("No node has room for them: free the resources (other jobs), add nodes, or lower "
+                "execution.workers or cpus_per_worker.")
+    else:
+        hint = ("If the nodes have room, a worker may be hung or one batch slower than the timeout: raise "
+                "execution.stall_timeout if batches legitimately take that long.")
     return (f"model {model!r}: no batch finished for {waited:.0f} s (execution.stall_timeout). The run waits for "
-            f"resources: {res['workers']} scoring actor(s) requesting {actor} each and prepare tasks requesting "
+            f"{res['workers']} scoring actor(s) requesting {actor} each and prepare tasks requesting "
             f"CPU {res['prepare_cpus']:g} each; the nodes offer {offer}"
             + (f"; {len(gone)} node(s) left the cluster since the run started" if gone else "")
-            + ". Free the resources (other jobs), add nodes, lower execution.workers or cpus_per_worker, or raise "
-            "execution.stall_timeout if one batch legitimately takes longer. Rerun the same command to resume.")
+            + f". {hint} Rerun the same command to resume.")
 
 
 _DONE = object()

@@ -2,7 +2,7 @@
 
 Per model::
 
-    ray.data.from_arrow(manifest blocks)
+    ray.data.from_blocks(manifest blocks)
       .map_batches(prepare_batch)            CPU tasks: decode, geometry, masks (workers.prepare)
       .map_batches(AuditActor, concurrency=n, num_gpus=g)   one model replica per GPU (or CPU actors)
       -> iter_batches on the driver -> PartWriter (atomic part files)
@@ -149,7 +149,8 @@ def ray_session(address: str | None, num_cpus: int | None, code: Sequence[Path] 
     else:
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
-        kwargs["_node_ip_address"] = "127.0.0.1"
+        # "local": a new Ray even when another one runs on this machine (None would join it)
+        kwargs["address"], kwargs["_node_ip_address"] = "local", "127.0.0.1"
         # Local workers import the same code as the driver (and factories next to the config).
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
         kwargs["runtime_env"]["env_vars"]["RAY_DEDUP_LOGS"] = "0"

@@ -161,7 +161,7 @@ def test_a_stall_message_names_requests_offers_and_lost_nodes():
     assert "model 'tiny': no batch finished for 31 s" in msg
     assert "2 scoring actor(s) requesting CPU 1 each and prepare tasks requesting CPU 0.5 each" in msg
     assert "node 00000000 at 10.0.0.0: CPU" in msg and "10.0.0.1" not in msg
-    assert "1 node(s) left the cluster" in msg
+    assert "1 node(s) left the cluster" in msg and "a worker may be hung" in msg  # free CPUs unknown here
 
 
 def _write_config_folder(tmp_path: Path) -> Path:
@@ -234,14 +234,17 @@ def tiny(num_classes: int = 3) -> nn.Module:
 '''
 
 
+NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024 * 1024}
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """A head and two worker nodes with 1 CPU each, all on 127.0.0.1."""
+    """A head and a worker node with 1 CPU each, both on 127.0.0.1 (the issue's cluster: 2 CPUs in
+    total, but no node with more than 1)."""
     from ray.cluster_utils import Cluster
 
-    args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024 * 1024}
-    c = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
-    c.workers_started = [c.add_node(**args) for _ in range(2)]
+    c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    c.workers_started = [c.add_node(**NODE)]
     c.wait_for_nodes()
     yield c
     c.shutdown()
@@ -320,7 +323,7 @@ def test_a_run_that_cannot_get_resources_stops_and_says_why(cluster, tmp_path):
             def ready(self) -> bool:
                 return True
 
-        hogs = [Hog.remote() for _ in range(3)]  # every CPU of every node
+        hogs = [Hog.remote() for _ in range(2)]  # every CPU of every node
         ray.get([h.ready.remote() for h in hogs], timeout=120)
         proc = _cli(["run", str(cfg), "--address", cluster.address, "--no-progress"])
         log = _finish(proc)
@@ -332,7 +335,21 @@ def test_a_run_that_cannot_get_resources_stops_and_says_why(cluster, tmp_path):
     flat = " ".join(log.split())
     assert "no batch finished for 5 s (execution.stall_timeout)" in flat
     assert "1 scoring actor(s) requesting CPU" in flat and "prepare tasks requesting CPU" in flat
-    assert flat.count("CPU 0 free of 1") == 3, flat
+    assert flat.count("CPU 0 free of 1") == 2 and "No node has room for them" in flat, flat
+
+
+def _node_running_a_scoring_actor(cluster):
+    """A worker node (not the head, which the driver is attached to) whose raylet runs a scoring actor."""
+    psutil = pytest.importorskip("psutil")
+    for node in cluster.workers_started:
+        raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+        for child in raylet.children(recursive=True):
+            try:
+                if "AuditActor" in " ".join(child.cmdline()):
+                    return node
+            except psutil.NoSuchProcess:
+                continue
+    pytest.fail("no worker node runs a scoring actor")
 
 
 @pytest.mark.ray
@@ -340,6 +357,8 @@ def test_a_run_that_cannot_get_resources_stops_and_says_why(cluster, tmp_path):
 def test_a_node_removed_mid_run_loses_no_image_and_duplicates_none(cluster, tmp_path):
     from pipeline.schema import part_files, read_runs
 
+    cluster.workers_started.append(cluster.add_node(**NODE))  # three nodes: one can go
+    cluster.wait_for_nodes()
     n = 200
     cfg, out = _audit(tmp_path, n=n, seed=9, workers=2, stall_timeout=60)
     proc = _cli(["run", str(cfg), "--address", cluster.address, "--no-progress"])
@@ -347,7 +366,7 @@ def test_a_node_removed_mid_run_loses_no_image_and_duplicates_none(cluster, tmp_
     while time.time() < deadline and proc.poll() is None and not (out.exists() and part_files(out)):
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before a node could be removed: " + (proc.stdout.read() or "")
-    cluster.remove_node(cluster.workers_started[0])
+    cluster.remove_node(_node_running_a_scoring_actor(cluster))
     log = _finish(proc)
     runs = 1
     if proc.returncode != 0:  # the run may stop (exit 2, saying why); the same command completes it
