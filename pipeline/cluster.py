@@ -192,19 +192,29 @@ def describe_stall(ray: Any, model: str, res: dict[str, Any], waited: float, kno
         offer = describe_nodes(nodes)
     gone = sorted(set(known) - {n.node_id for n in nodes})
     actor = f"CPU {res['cpus']:g}" + (f" + GPU {res['gpus']:g}" if res["gpus"] else "")
-    need = min(res["cpus"], res["prepare_cpus"])
-    known_free = [n for n in nodes if n.free_cpus is not None]
-    if known_free and all(n.free_cpus + EPS < need for n in known_free):
-        hint = ("No node has room for them: free the resources (other jobs), add nodes, or lower "
-                "execution.workers or cpus_per_worker.")
-    else:
-        hint = ("If the nodes have room, a worker may be hung or one batch slower than the timeout: raise "
-                "execution.stall_timeout if batches legitimately take that long.")
+    hint = _stall_hint([n for n in nodes if n.free_cpus is not None], res)
     return (f"model {model!r}: no batch finished for {waited:.0f} s (execution.stall_timeout). The run waits for "
             f"{res['workers']} scoring actor(s) requesting {actor} each and prepare tasks requesting "
             f"CPU {res['prepare_cpus']:g} each; the nodes offer {offer}"
             + (f"; {len(gone)} node(s) left the cluster since the run started" if gone else "")
             + f". {hint} Rerun the same command to resume.")
+
+
+def _stall_hint(nodes: Sequence[Node], res: dict[str, Any]) -> str:
+    prepare_room = any(n.free_cpus + EPS >= res["prepare_cpus"] for n in nodes)
+    actor_room = any(n.free_cpus + EPS >= res["cpus"] and (n.free_gpus or 0) + EPS >= res["gpus"] for n in nodes)
+    if nodes and not prepare_room:
+        return (f"No node has CPU {res['prepare_cpus']:g} free for a prepare task: free the resources (other jobs), "
+                "add nodes, or lower execution.workers or cpus_per_worker.")
+    if nodes and not actor_room:
+        return ("No node has room for another scoring actor: if one waits to start (`ray status` lists pending "
+                "demands), free resources or add nodes; else a worker may be hung or one batch slower than the "
+                "timeout (raise execution.stall_timeout).")
+    if nodes:
+        return ("The nodes have room for both, so a worker may be hung or one batch slower than the timeout: raise "
+                "execution.stall_timeout if batches legitimately take that long.")
+    return ("Free the resources or add nodes if they are taken; raise execution.stall_timeout if batches "
+            "legitimately take that long.")
 
 
 _DONE = object()

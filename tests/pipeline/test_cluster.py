@@ -20,6 +20,7 @@ from pipeline.cluster import (
     Node,
     Resources,
     StallError,
+    _stall_hint,
     code_to_ship,
     describe_stall,
     fits,
@@ -161,7 +162,18 @@ def test_a_stall_message_names_requests_offers_and_lost_nodes():
     assert "model 'tiny': no batch finished for 31 s" in msg
     assert "2 scoring actor(s) requesting CPU 1 each and prepare tasks requesting CPU 0.5 each" in msg
     assert "node 00000000 at 10.0.0.0: CPU" in msg and "10.0.0.1" not in msg
-    assert "1 node(s) left the cluster" in msg and "a worker may be hung" in msg  # free CPUs unknown here
+    assert "1 node(s) left the cluster" in msg and "Free the resources or add nodes" in msg  # free CPUs unknown
+
+
+@pytest.mark.parametrize(("free", "hint"), [
+    ([(0.5, 0), (0.5, 0)], "No node has CPU 1 free for a prepare task"),   # sized from the total: the hang
+    ([(1, 0), (0, 0)], "No node has room for another scoring actor"),
+    ([(1, 1), (2, 1)], "The nodes have room for both"),
+])
+def test_a_stall_hint_follows_what_the_nodes_have_free(free, hint):
+    nodes = [Node(f"n{i}", "10.0.0.1", 2, 1, c, g) for i, (c, g) in enumerate(free)]
+    res = {"workers": 2, "cpus": 1.0, "gpus": 1.0, "prepare_cpus": 1.0, "threads": None}
+    assert _stall_hint(nodes, res).startswith(hint)
 
 
 def _write_config_folder(tmp_path: Path) -> Path:
@@ -335,7 +347,7 @@ def test_a_run_that_cannot_get_resources_stops_and_says_why(cluster, tmp_path):
     flat = " ".join(log.split())
     assert "no batch finished for 5 s (execution.stall_timeout)" in flat
     assert "1 scoring actor(s) requesting CPU" in flat and "prepare tasks requesting CPU" in flat
-    assert flat.count("CPU 0 free of 1") == 2 and "No node has room for them" in flat, flat
+    assert flat.count("CPU 0 free of 1") == 2 and "No node has CPU 1 free for a prepare task" in flat, flat
 
 
 def _node_running_a_scoring_actor(cluster):
