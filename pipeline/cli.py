@@ -291,8 +291,8 @@ def dashboard(
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 8501,
     host: Annotated[str, typer.Option(help="address to bind (0.0.0.0: other machines too)")] = "127.0.0.1",
     policy: Annotated[Path | None, typer.Option(help="gate.yaml for the verdicts (default built-in)")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="until RESULTS holds results, serve a 'waiting for results' "
-                                                      "page instead of exiting (containers)")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="until RESULTS holds results, serve a 'waiting for "
+                                                      "results' page instead of exiting (containers)")] = False,
 ) -> None:
     """Browse RESULTS in the Streamlit dashboard (needs the `dashboard` extra); runs until interrupted."""
     import importlib.util
@@ -308,7 +308,8 @@ def dashboard(
     if wait and not is_results_dir(results):
         from pipeline.waiting import wait_for_results
 
-        console.print(f"cueaudit dashboard: waiting for results in {results.resolve()} (http://{host}:{port})")
+        console.print(f"cueaudit dashboard: waiting for results in {results.resolve()} "
+                      f"(http://{host}:{port})")
         try:
             wait_for_results(results, host, port, is_results_dir)
         except OSError as e:

@@ -38,7 +38,8 @@ CPU_FRACTIONS = (0.5, 0.25, 0.125)
 PREPARE_CPUS = (1.0, 0.5, 0.25)
 # What a worker process imports from cueaudit (workers -> common; nothing from pipeline/dashboard).
 WORKER_PACKAGES = ("workers", "common")
-EXCLUDES = (".venv", "venv", ".git", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints")
+EXCLUDES = (".venv", "venv", ".git", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
+            ".ipynb_checkpoints")
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager for a submitted job's driver
 
 
@@ -92,8 +93,9 @@ def cluster_nodes(ray: Any, free: bool = False) -> list[Node]:
             continue
         res, nid = n.get("Resources", {}), n.get("NodeID", "")
         a = avail.get(nid)
+        free = (None, None) if a is None else (float(a.get("CPU", 0)), float(a.get("GPU", 0)))
         nodes.append(Node(nid, n.get("NodeManagerAddress", "?"), float(res.get("CPU", 0)), float(res.get("GPU", 0)),
-                          None if a is None else float(a.get("CPU", 0)), None if a is None else float(a.get("GPU", 0))))
+                          *free))
     return nodes
 
 
@@ -159,30 +161,34 @@ def plan_resources(nodes: Sequence[Node], exe: Any) -> Resources:
     else:
         gpus = 1.0 if gpu_max >= 1 else 0.0
     if exe.device == "cuda" and (gpus == 0 or gpu_max == 0):
-        raise ClusterError(f"execution.device is 'cuda' but no node of the Ray cluster has a GPU: {describe_nodes(nodes)}")
+        raise ClusterError("execution.device is 'cuda' but no node of the Ray cluster has a GPU: "
+                           + describe_nodes(nodes))
     if gpus > gpu_max + EPS:
-        raise ClusterError(f"execution.gpus_per_worker={gpus:g} but no node has that many GPUs: {describe_nodes(nodes)}")
+        raise ClusterError(f"execution.gpus_per_worker={gpus:g} but no node has that many GPUs: "
+                           + describe_nodes(nodes))
     slots = sum(math.floor(n.gpus / gpus + EPS) for n in nodes) if gpus else 0
     workers = exe.workers or (max(1, slots) if gpus else 1)
     for cpus in _cpu_ladder(float(exe.cpus_per_worker)):
         for prepare in PREPARE_CPUS:
             if fits(cpu_nodes, workers, cpus, gpus, prepare):
                 if cpus < exe.cpus_per_worker - EPS or prepare < 1:
-                    log.warning("reserving %g CPU per scoring actor (configured %g) and %g per prepare task so that "
-                                "%d actor(s) and the prepare tasks fit the nodes: %s", cpus, exe.cpus_per_worker,
-                                prepare, workers, describe_nodes(cpu_nodes))
+                    log.warning("reserving %g CPU per scoring actor (configured %g) and %g per prepare task so "
+                                "that %d actor(s) and the prepare tasks fit the nodes: %s", cpus,
+                                exe.cpus_per_worker, prepare, workers, describe_nodes(cpu_nodes))
                 threads = None
                 if not gpus:
                     biggest = max(n.cpus for n in cpu_nodes)
                     threads = max(1, int(min(biggest, sum(n.cpus for n in cpu_nodes) / workers)))
                 return Resources(workers, gpus, cpus, threads, prepare)
     raise ClusterError(
-        f"{workers} scoring actor(s) requesting CPU {exe.cpus_per_worker:g}" + (f" + GPU {gpus:g}" if gpus else "")
+        f"{workers} scoring actor(s) requesting CPU {exe.cpus_per_worker:g}"
+        + (f" + GPU {gpus:g}" if gpus else "")
         + " each, and prepare tasks requesting CPU 1 each, fit no placement on the nodes, even with smaller "
         f"CPU shares: {describe_nodes(nodes)}. Lower execution.workers or add nodes.")
 
 
-def describe_stall(ray: Any, model: str, res: dict[str, Any], waited: float, known: Sequence[str] = ()) -> str:
+def describe_stall(ray: Any, model: str, res: dict[str, Any], waited: float,
+                   known: Sequence[str] = ()) -> str:
     """The message of a stalled run: what it requests against what every node offers now."""
     try:
         nodes = cluster_nodes(ray, free=True)
@@ -193,8 +199,8 @@ def describe_stall(ray: Any, model: str, res: dict[str, Any], waited: float, kno
     gone = sorted(set(known) - {n.node_id for n in nodes})
     actor = f"CPU {res['cpus']:g}" + (f" + GPU {res['gpus']:g}" if res["gpus"] else "")
     hint = _stall_hint([n for n in nodes if n.free_cpus is not None], res)
-    return (f"model {model!r}: no batch finished for {waited:.0f} s (execution.stall_timeout). The run waits for "
-            f"{res['workers']} scoring actor(s) requesting {actor} each and prepare tasks requesting "
+    return (f"model {model!r}: no batch finished for {waited:.0f} s (execution.stall_timeout). The run waits "
+            f"for {res['workers']} scoring actor(s) requesting {actor} each and prepare tasks requesting "
             f"CPU {res['prepare_cpus']:g} each; the nodes offer {offer}"
             + (f"; {len(gone)} node(s) left the cluster since the run started" if gone else "")
             + f". {hint} Rerun the same command to resume.")
@@ -202,17 +208,18 @@ def describe_stall(ray: Any, model: str, res: dict[str, Any], waited: float, kno
 
 def _stall_hint(nodes: Sequence[Node], res: dict[str, Any]) -> str:
     prepare_room = any(n.free_cpus + EPS >= res["prepare_cpus"] for n in nodes)
-    actor_room = any(n.free_cpus + EPS >= res["cpus"] and (n.free_gpus or 0) + EPS >= res["gpus"] for n in nodes)
+    actor_room = any(n.free_cpus + EPS >= res["cpus"] and (n.free_gpus or 0) + EPS >= res["gpus"]
+                     for n in nodes)
     if nodes and not prepare_room:
-        return (f"No node has CPU {res['prepare_cpus']:g} free for a prepare task: free the resources (other jobs), "
-                "add nodes, or lower execution.workers or cpus_per_worker.")
+        return (f"No node has CPU {res['prepare_cpus']:g} free for a prepare task: free the resources (other "
+                "jobs), add nodes, or lower execution.workers or cpus_per_worker.")
     if nodes and not actor_room:
-        return ("No node has room for another scoring actor: if one waits to start (`ray status` lists pending "
-                "demands), free resources or add nodes; else a worker may be hung or one batch slower than the "
-                "timeout (raise execution.stall_timeout).")
+        return ("No node has room for another scoring actor: if one waits to start (`ray status` lists "
+                "pending demands), free resources or add nodes; else a worker may be hung or one batch slower "
+                "than the timeout (raise execution.stall_timeout).")
     if nodes:
-        return ("The nodes have room for both, so a worker may be hung or one batch slower than the timeout: raise "
-                "execution.stall_timeout if batches legitimately take that long.")
+        return ("The nodes have room for both, so a worker may be hung or one batch slower than the timeout: "
+                "raise execution.stall_timeout if batches legitimately take that long.")
     return ("Free the resources or add nodes if they are taken; raise execution.stall_timeout if batches "
             "legitimately take that long.")
 
@@ -328,7 +335,8 @@ def worker_runtime_env(code: Sequence[Path] = (), keep_out: Sequence[Path] = ())
     for p in [q for name in WORKER_PACKAGES for q in _module_paths(name)] + [Path(c).resolve() for c in code]:
         name = p.stem if p.is_file() else p.name
         if name in entries and entries[name] != p:
-            log.warning("not shipping %s to the workers: the module name %r is taken by %s", p, name, entries[name])
+            log.warning("not shipping %s to the workers: the module name %r is taken by %s", p, name,
+                        entries[name])
             continue
         entries[name] = p
     excludes = list(EXCLUDES)

@@ -91,6 +91,12 @@ def import_paths(loaded: LoadedConfig) -> list[str]:
     return list(dict.fromkeys([str(loaded.base), os.getcwd(), *[p for p in sys.path if p]]))
 
 
+def worker_code(loaded: LoadedConfig, plans: list[ModelPlan]) -> list[Path]:
+    """What a worker on a remote cluster imports for this config (:func:`pipeline.cluster.code_to_ship`)."""
+    search = [Path(p) for p in import_paths(loaded)[:2]]
+    return code_to_ship(loaded.base, [p.spec.source for p in plans], search)
+
+
 def plan_models(loaded: LoadedConfig) -> list[ModelPlan]:
     from workers.models import spec_fingerprint
     from workers.score import ScoreOptions
@@ -127,7 +133,8 @@ def _fingerprinted(opts: Any) -> Any:
 
 
 @contextmanager
-def ray_session(address: str | None, num_cpus: int | None, code: Sequence[Path] = (), keep_out: Sequence[Path] = ()):
+def ray_session(address: str | None, num_cpus: int | None, code: Sequence[Path] = (),
+                keep_out: Sequence[Path] = ()):
     """Join ``address`` (or ``RAY_ADDRESS``), or start an embedded local Ray for this run.
 
     A joined cluster gets the code its workers import through ``runtime_env`` (cueaudit's worker
@@ -228,8 +235,9 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
         log.info("nothing to do: every image is already scored for every model")
     try:
         if pending:
-            code = code_to_ship(loaded.base, [p.spec.source for p in plans], [Path(p) for p in import_paths(loaded)[:2]])
-            with ray_session(address or cfg.execution.address, cfg.execution.num_cpus, code, [out, *map(Path, roots)]) as ray:
+            session = ray_session(address or cfg.execution.address, cfg.execution.num_cpus,
+                                  code=worker_code(loaded, plans), keep_out=[out, *map(Path, roots)])
+            with session as ray:
                 res = _resources(ray, cfg.execution)
                 for plan in plans:
                     if plan.name in pending:
@@ -264,7 +272,7 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
         table = assign_donors(table, seed=cfg.counterfactual.seed)
     _, _, preprocess, _ = resolve_spec(plan.spec)
     bs = cfg.execution.batch_size
-    # from_blocks: metadata computed here, no remote task that would wait for a free CPU before the stall watch
+    # from_blocks computes block metadata here: no remote task that waits for a free CPU before the stall watch
     ds = ray.data.from_blocks(_blocks(table, max(64, bs * BLOCK_ROWS_PER_BATCH)))
     device_decode = cfg.execution.decode == "device" or (cfg.execution.decode == "auto" and res["gpus"] > 0)
     popts = PrepareOptions(preprocess, cfg.execution.max_pixels, device_decode=device_decode)

@@ -51,7 +51,8 @@ def _handler(body: bytes) -> type[BaseHTTPRequestHandler]:
     return Waiting
 
 
-def wait_for_results(root: Path, host: str, port: int, ready: Callable[[Path], bool], poll_s: float = 2.0) -> None:
+def wait_for_results(root: Path, host: str, port: int, ready: Callable[[Path], bool],
+                     poll_s: float = 2.0) -> None:
     """Serve the waiting page on ``host:port`` until ``ready(root)``; return with the port free again."""
     if ready(root):
         return
