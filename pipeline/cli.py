@@ -293,6 +293,8 @@ def dashboard(
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 8501,
     host: Annotated[str, typer.Option(help="address to bind (0.0.0.0: other machines too)")] = "127.0.0.1",
     policy: Annotated[Path | None, typer.Option(help="gate.yaml for the verdicts (default built-in)")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="until RESULTS holds results, serve a 'waiting for "
+                                                      "results' page instead of exiting (containers)")] = False,
 ) -> None:
     """Browse RESULTS in the Streamlit dashboard (needs the `dashboard` extra); runs until interrupted."""
     import importlib.util
@@ -301,17 +303,26 @@ def dashboard(
     from pipeline.schema import is_results_dir
 
     root = as_path(results)
-    if not root.exists():
-        _fail(f"results directory {results!r} does not exist")
-    if not is_results_dir(root):
-        _fail(f"{str(results)!r} is not a cueaudit results directory (no model=*/ part files, no _runs/); "
-              "write one with `cueaudit run audit.yaml`")
     if policy is not None and not policy.is_file():
         _fail(f"policy file {str(policy)!r} does not exist")
     dash = importlib.util.find_spec("dashboard")  # locates the app file without importing Streamlit
     if importlib.util.find_spec("streamlit") is None or dash is None or not dash.submodule_search_locations:
         _fail("the dashboard needs Streamlit: pip install 'cueaudit[dashboard]'")
         return
+    if wait and not is_results_dir(root):
+        from pipeline.waiting import wait_for_results
+
+        console.print(f"cueaudit dashboard: waiting for results in {root.resolve()} "
+                      f"(http://{host}:{port})")
+        try:
+            wait_for_results(root, host, port, is_results_dir)
+        except OSError as e:
+            _fail(f"cannot serve the waiting page on {host}:{port}: {e}")
+    if not root.exists():
+        _fail(f"results directory {str(results)!r} does not exist")
+    if not is_results_dir(root):
+        _fail(f"{str(results)!r} is not a cueaudit results directory (no model=*/ part files, no _runs/); "
+              "write one with `cueaudit run audit.yaml` (or start the dashboard with --wait)")
     pkg = Path(next(iter(dash.submodule_search_locations)))
     app_path = pkg / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.port", str(port),

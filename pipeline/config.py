@@ -272,6 +272,15 @@ class ExecutionConfig(_Frozen):
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the embedded local Ray")
     flush_rows: int = Field(default=4096, ge=1, description="rows per committed Parquet part (what a crash can lose)")
     flush_seconds: float = Field(default=20.0, gt=0, description="commit a part at least this often")
+    stall_timeout: float = Field(default=600.0, ge=0, description="stop with exit 2 when no batch finishes "
+                                 "for this many seconds (0: wait forever)")
+
+    @field_validator("cpus_per_worker", "gpus_per_worker")
+    @classmethod
+    def _ray_quantity(cls, v: float | None) -> float | None:
+        if v is not None and v > 1 and v != int(v):
+            raise ValueError("Ray accepts a fraction below 1 or a whole number")
+        return v
 
 
 class AuditConfig(_Frozen):

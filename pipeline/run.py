@@ -2,7 +2,7 @@
 
 Per model::
 
-    ray.data.from_arrow(manifest blocks)
+    ray.data.from_blocks(manifest blocks)
       .map_batches(prepare_batch)            CPU tasks: decode, geometry, masks (workers.prepare)
       .map_batches(AuditActor, concurrency=n, num_gpus=g)   one model replica per GPU (or CPU actors)
       -> iter_batches on the driver -> PartWriter (atomic part files)
@@ -24,7 +24,8 @@ import os
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common.storage import configure
+from pipeline.cluster import (
+    ClusterError,
+    cluster_nodes,
+    code_to_ship,
+    describe_stall,
+    loopback_only,
+    merge_job_env,
+    plan_resources,
+    watch,
+    worker_runtime_env,
+)
 from pipeline.collect import timings, worker_table
 from pipeline.config import LoadedConfig
 from pipeline.donors import assign_donors
@@ -89,6 +101,12 @@ def import_paths(loaded: LoadedConfig) -> list[str]:
     return list(dict.fromkeys([str(loaded.base), os.getcwd(), *[p for p in sys.path if p]]))
 
 
+def worker_code(loaded: LoadedConfig, plans: list[ModelPlan]) -> list[Path]:
+    """What a worker on a remote cluster imports for this config (:func:`pipeline.cluster.code_to_ship`)."""
+    search = [Path(p) for p in import_paths(loaded)[:2]]
+    return code_to_ship(loaded.base, [p.spec.source for p in plans], search)
+
+
 def plan_models(loaded: LoadedConfig) -> list[ModelPlan]:
     from workers.models import spec_fingerprint
     from workers.score import ScoreOptions
@@ -126,10 +144,14 @@ def _fingerprinted(opts: Any) -> Any:
 
 
 @contextmanager
-def ray_session(address: str | None, num_cpus: int | None):
+def ray_session(address: str | None, num_cpus: int | None, code: Sequence[Path] = (),
+                keep_out: Sequence[Path] = ()):
     """Join ``address`` (or ``RAY_ADDRESS``), or start an embedded local Ray for this run.
 
-    A Ray already initialised in this process (a test session, a notebook) is reused and left up.
+    A joined cluster gets the code its workers import through ``runtime_env`` (cueaudit's worker
+    packages and ``code``, never ``keep_out``; see :func:`pipeline.cluster.worker_runtime_env`). The
+    embedded Ray listens on 127.0.0.1 only. A Ray already initialised in this process (a test
+    session, a notebook) is reused as it is and left up.
     """
     import ray
 
@@ -138,18 +160,23 @@ def ray_session(address: str | None, num_cpus: int | None):
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True}
+    override = False
     if address:
         kwargs["address"] = address
+        kwargs["runtime_env"], override = merge_job_env(worker_runtime_env(code, keep_out))
     else:
         kwargs["address"] = "local"  # a new Ray for this run, even when `ray start` left a cluster on the machine
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
+        # "local": a new Ray even when another one runs on this machine (None would join it)
+        kwargs["address"], kwargs["_node_ip_address"] = "local", "127.0.0.1"
         # Local workers import the same code as the driver (and factories next to the config).
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
         kwargs["runtime_env"]["env_vars"]["RAY_DEDUP_LOGS"] = "0"
     try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+        with loopback_only() if not address else nullcontext(), _job_env_override(override):
+            ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
         raise RunError(f"cannot start or join Ray at {address or 'local'}: {e}") from None
     try:
         yield ray
@@ -157,28 +184,28 @@ def ray_session(address: str | None, num_cpus: int | None):
         ray.shutdown()
 
 
+@contextmanager
+def _job_env_override(on: bool):
+    if not on:
+        yield
+        return
+    old = os.environ.get("RAY_OVERRIDE_JOB_RUNTIME_ENV")
+    os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_OVERRIDE_JOB_RUNTIME_ENV", None)
+        else:
+            os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = old
+
+
 def _resources(ray: Any, exe: Any) -> dict[str, Any]:
-    """Actors per model and what each reserves: one replica per GPU, else CPU actors."""
-    cluster = ray.cluster_resources()
-    gpus_avail = float(cluster.get("GPU", 0))
-    cpus_avail = max(1, int(cluster.get("CPU", 1)))
-    if exe.device == "cpu":
-        gpus = 0.0
-    elif exe.gpus_per_worker is not None:
-        gpus = exe.gpus_per_worker
-    else:
-        gpus = 1.0 if gpus_avail >= 1 else 0.0
-    if exe.device == "cuda" and (gpus == 0 or gpus_avail == 0):
-        raise RunError("execution.device is 'cuda' but the Ray cluster has no GPU")
-    if gpus > gpus_avail:
-        raise RunError(f"execution.gpus_per_worker={gpus} but the cluster has {gpus_avail:g} GPU(s)")
-    workers = exe.workers or (max(1, int(gpus_avail // gpus)) if gpus else 1)
-    cpus = float(exe.cpus_per_worker)
-    if cpus * workers >= cpus_avail > 1:
-        cpus = max(0.5, (cpus_avail - 1) / workers)  # leave a CPU for the prepare tasks
-    threads = None if gpus else max(1, cpus_avail // workers)
-    return {"workers": workers, "gpus": gpus, "cpus": cpus, "threads": threads,
-            "prepare_cpus": 1.0 if cpus_avail > 1 else 0.5}
+    """Actors per model and what each reserves, sized per node (:func:`pipeline.cluster.plan_resources`)."""
+    try:
+        return asdict(plan_resources(cluster_nodes(ray), exe))
+    except ClusterError as e:
+        raise RunError(str(e)) from None
 
 
 def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
@@ -224,7 +251,9 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
         log.info("nothing to do: every image is already scored for every model")
     try:
         if pending:
-            with ray_session(address or cfg.execution.address, cfg.execution.num_cpus) as ray:
+            session = ray_session(address or cfg.execution.address, cfg.execution.num_cpus,
+                                  code=worker_code(loaded, plans), keep_out=[out, *map(Path, roots)])
+            with session as ray:
                 res = _resources(ray, cfg.execution)
                 for plan in plans:
                     if plan.name in pending:
@@ -257,7 +286,8 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # progress/fusion chatter; failures still raise
     _, _, preprocess, _ = resolve_spec(plan.spec)
     bs = cfg.execution.batch_size
-    ds = ray.data.from_arrow(_blocks(table, max(64, bs * BLOCK_ROWS_PER_BATCH)))
+    # from_blocks computes block metadata here: no remote task that waits for a free CPU before the stall watch
+    ds = ray.data.from_blocks(_blocks(table, max(64, bs * BLOCK_ROWS_PER_BATCH)))
     device_decode = cfg.execution.decode == "device" or (cfg.execution.decode == "auto" and res["gpus"] > 0)
     cf = cfg.counterfactual
     popts = PrepareOptions(preprocess, cfg.execution.max_pixels, device_decode=device_decode, dilation=cf.dilation,
@@ -291,7 +321,11 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
     try:
         with bar as p:
             task = p.add_task(plan.name, total=table.num_rows) if p else None
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            nodes = [n.node_id for n in cluster_nodes(ray)]
+            batches = watch(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1),
+                            cfg.execution.stall_timeout,
+                            lambda waited: describe_stall(ray, plan.name, res, waited, nodes))
+            for batch in batches:
                 for k, v in timings(batch).items():
                     secs[k] = secs.get(k, 0.0) + v
                 t = worker_table(batch, run_id=run_id, model=plan.name, fingerprint=plan.fingerprint)
@@ -306,6 +340,9 @@ def _run_model(ray: Any, loaded: LoadedConfig, plan: ModelPlan, table: pa.Table,
                     flush()
                 if p:
                     p.update(task, advance=t.num_rows)
+    except ClusterError as e:  # a stall: its message says what the run waits for
+        flush()
+        raise RunError(str(e)) from None
     except Exception as e:
         flush()
         cause = getattr(e, "cause", None) or e
