@@ -178,6 +178,7 @@ class Scorer:
         whose body turns out corrupt becomes an error row, without costing the others.
         Returns (rows still scorable, their pixels)."""
         from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2.functional import resized_crop
 
         enc = batch.get("encoded")
@@ -206,10 +207,12 @@ class Scorer:
                 out["error_kind"][i] = "corrupt"
                 bad.add(j)
                 continue
-            x0, y0, x1, y1 = json.loads(batch["geometry"][i])["box"]
+            geom = json.loads(batch["geometry"][i])
+            x0, y0, x1, y1 = geom["box"]
             top, left = int(round(y0)), int(round(x0))
+            mode = InterpolationMode.BICUBIC if geom.get("interpolation") == "bicubic" else InterpolationMode.BILINEAR
             crop = resized_crop(img, top, left, max(1, int(round(y1)) - top), max(1, int(round(x1)) - left),
-                                [self.h, self.w], antialias=True)
+                                [self.h, self.w], interpolation=mode, antialias=True)
             pixels[j] = crop.permute(1, 2, 0)
         if not bad:
             return ok, pixels
