@@ -96,7 +96,7 @@ def label_sets(label_map: str | LabelMap | None, classes: Sequence[str]) -> dict
         found: set[int] = set()
         for t in targets:
             if isinstance(t, bool) or not isinstance(t, int | str):
-                raise ValueError(f"label_map[{label!r}]: {t!r} is neither a class index nor a class name")
+                raise TypeError(f"label_map[{label!r}]: {t!r} is neither a class index nor a class name")
             i = t if isinstance(t, int) else index.index(t)
             if isinstance(t, int) and not 0 <= t < len(classes):
                 raise ValueError(f"label_map[{label!r}]: class index {t} is outside the model's {len(classes)} classes")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MODEL_SOURCES = ("efficientnet-lite0", "torchvision", "timm", "python")
+MODEL_SOURCES = ("efficientnet-lite0", "torchvision", "timm", "hf", "python")
 
 
 class ConfigError(ValueError):
@@ -92,19 +92,30 @@ DatasetConfig = Annotated[FolderDataset | CocoDataset | VocDataset | ManifestDat
 
 
 class PreprocessConfig(_Frozen):
+    """Preprocessing keys; the keys given override the source's own (timm's ``pretrained_cfg``, a
+    saved image processor), the rest keep it."""
+
     size: int | tuple[int, int] = 224
     resize: Literal["resize", "resize_crop"] = "resize_crop"
     crop_pct: float = Field(default=0.875, gt=0, le=1)
     mean: Literal["imagenet"] | tuple[float, float, float] = "imagenet"
     std: Literal["imagenet"] | tuple[float, float, float] = "imagenet"
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
 
-    def to_preprocess(self):  # -> workers.models.Preprocess (import deferred: keeps config torch-free)
+    def to_preprocess(self, base: Any = None):  # -> common.preprocess.Preprocess
+        """The keys set here over ``base`` (a Preprocess; None: these keys' defaults)."""
+        from dataclasses import replace
+
         from common.preprocess import Preprocess
 
         size = (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
         mean = IMAGENET_MEAN if self.mean == "imagenet" else tuple(self.mean)
         std = IMAGENET_STD if self.std == "imagenet" else tuple(self.std)
-        return Preprocess(size=size, resize=self.resize, crop_pct=self.crop_pct, mean=mean, std=std)
+        full = Preprocess(size=size, resize=self.resize, crop_pct=self.crop_pct, mean=mean, std=std,  # type: ignore[arg-type]
+                          interpolation=self.interpolation)
+        if base is None:
+            return full
+        return replace(base, **{k: getattr(full, k) for k in self.model_fields_set})
 
 
 class ModelConfig(_Frozen):
@@ -118,6 +129,10 @@ class ModelConfig(_Frozen):
     classes: tuple[str, ...] | str | None = None
     preprocess: PreprocessConfig | None = None
     layer: str | None = None
+    fine_layer: str | None = None
+    layout: Literal["auto", "nchw", "nhwc", "tokens"] = "auto"
+    prefix_tokens: int | None = Field(default=None, ge=0)
+    label_map: str | dict[str, int | str | tuple[int | str, ...]] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("source")
@@ -127,11 +142,30 @@ class ModelConfig(_Frozen):
         if kind not in MODEL_SOURCES:
             raise ValueError(
                 f"unknown model source {v!r} (expected one of efficientnet-lite0, torchvision:<arch>, "
-                "timm:<arch>, python:module:function)"
+                "timm:<arch>, hf:<folder>, python:module:function)"
             )
         if kind != "efficientnet-lite0" and not arg:
             raise ValueError(f"source {v!r} needs a name after '{kind}:'")
         return v
+
+    @field_validator("label_map")
+    @classmethod
+    def _known_label_map(cls, v: Any) -> Any:
+        from common.labelmaps import LABEL_MAPS
+
+        if isinstance(v, str) and v not in LABEL_MAPS:
+            raise ValueError(f"unknown label map {v!r}; built-in maps: {', '.join(LABEL_MAPS.names())} "
+                             "(or give a mapping label -> class names/indices)")
+        return v
+
+    def label_map_items(self) -> tuple[tuple[str, tuple[int | str, ...]], ...] | None:
+        """``label_map`` as the frozen, sorted items ScoreOptions carries (a built-in name expanded)."""
+        from common.labelmaps import builtin_label_map
+
+        if self.label_map is None:
+            return None
+        entries = builtin_label_map(self.label_map) if isinstance(self.label_map, str) else self.label_map
+        return tuple(sorted((k, tuple(v) if isinstance(v, tuple | list) else (v,)) for k, v in entries.items()))
 
     def to_spec(self, base: Path):  # -> workers.models.ModelSpec
         from workers.models import ModelSpec, imagenet_classes
@@ -147,15 +181,26 @@ class ModelConfig(_Frozen):
                 classes = tuple(line.strip() for line in Path(p).read_text().splitlines() if line.strip())
         else:
             classes = self.classes
-        return ModelSpec(
+        kind, _, arg = self.source.partition(":")
+        spec = ModelSpec(
             name=self.name,
-            source=self.source,
+            source=f"hf:{_resolve(base, arg)}" if kind == "hf" else self.source,
             weights=_resolve(base, self.weights) if self.weights else None,
             num_classes=self.num_classes,
             classes=classes,
-            preprocess=self.preprocess.to_preprocess() if self.preprocess else None,
             kwargs=tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in self.kwargs.items())),
         )
+        if self.preprocess is None:
+            return spec
+        from dataclasses import replace
+
+        from workers.models import ModelLoadError, resolve_spec
+
+        try:
+            own = resolve_spec(spec)[2]  # the source's preprocessing, which the keys given here override
+        except ModelLoadError as e:
+            raise ConfigError(f"models.{self.name}.preprocess: {e}") from None
+        return replace(spec, preprocess=self.preprocess.to_preprocess(own))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +243,7 @@ class AuditConfig(_Frozen):
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     target: Literal["predicted", "label"] = "predicted"
     layer: str = "auto"
+    fine_layer: str = "auto"
     cam: str = "gradcam"
     counterfactual: CounterfactualConfig = CounterfactualConfig()
     execution: ExecutionConfig = ExecutionConfig()
@@ -233,6 +279,11 @@ class LoadedConfig:
     def layer_for(self, model: ModelConfig) -> str | None:
         layer = model.layer or self.config.layer
         return None if layer in (None, "auto") else layer
+
+    def fine_layer_for(self, model: ModelConfig) -> str | None:
+        """``"auto"`` (decide from the objects' size in feature cells), a layer name, or None (``none``)."""
+        fine = model.fine_layer or self.config.fine_layer
+        return None if fine == "none" else fine
 
 
 def _resolve(base: Path, p: str) -> str:
@@ -271,6 +322,8 @@ def _merge_specs(raw: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
             for key in ("weights", "classes"):
                 if isinstance(spec.get(key), str) and spec[key] != "imagenet":
                     spec[key] = _resolve(spec_path.parent, spec[key])
+            if isinstance(spec.get("source"), str) and spec["source"].startswith("hf:"):
+                spec["source"] = "hf:" + _resolve(spec_path.parent, spec["source"][3:])
             merged = {**spec, **{k: v for k, v in m.items() if k != "spec"}}
             out.append(merged)
         else:

@@ -227,6 +227,8 @@ class ModelRun:
 
     fingerprint: str
     feature_layer: str | None = None
+    fine_layer: str | None = None  # the finer layer audited beside feature_layer (fine_* columns)
+    fine_reason: str | None = None  # why: the objects' median size in feature cells, or "configured"
     source: str = ""
     target: str = "predicted"
     to_score: int = 0

@@ -261,7 +261,7 @@ class Scorer:
         targets = None
         if self.opts.target == "label":
             # The label's highest-scoring class: max over its set routes the gradient to that logit only.
-            targets = lambda logits: logits.float().masked_fill(~in_label, float("-inf")).amax(dim=1)  # noqa: E731
+            targets = lambda logits: logits.float().masked_fill(~in_label, float("-inf")).amax(dim=1)
         res = self.cam(x, targets=targets)
         maps = res.maps.float()
         logits = res.logits.float()
