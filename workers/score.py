@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from common.labelmaps import ClassIndex, label_sets
-from common.labelmaps import normalise_name as normalise_name  # re-exported
 from workers.cam import make_cam
 from workers.metrics import background_color, coarse_map_warning, mass_metrics
 from workers.models import LoadedModel, ModelSpec, load_model
@@ -121,7 +120,7 @@ class Scorer:
         self.classes = list(self.model.classes)
         self._index = ClassIndex(self.classes)
         try:
-            self._sets = label_sets(dict((k, tuple(v)) for k, v in opts.label_map) if opts.label_map else None,
+            self._sets = label_sets({k: tuple(v) for k, v in opts.label_map} if opts.label_map else None,
                                     self.classes)
         except ValueError as e:
             raise ValueError(f"model {spec.name!r}: {e}") from None
