@@ -165,7 +165,12 @@ def dataset_report(
         return
     if limit:
         manifest = manifest.slice(0, limit)
-    r = build_report(manifest)
+    try:
+        models = {m.name: (m.label_map, m.class_names(loaded.base)) for m in loaded.config.models}
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    r = build_report(manifest, models=models)
     print_dataset_report(r, console)
     if json_out:
         write_json(r, json_out)

@@ -12,6 +12,7 @@ they travel to Ray workers as plain picklable objects.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -157,6 +158,30 @@ class ModelConfig(_Frozen):
             raise ValueError(f"unknown label map {v!r}; built-in maps: {', '.join(LABEL_MAPS.names())} "
                              "(or give a mapping label -> class names/indices)")
         return v
+
+    def class_names(self, base: Path) -> tuple[str, ...] | None:
+        """The model's class names when known without building it (a list, a file, ``imagenet``,
+        an hf folder's id2label, efficientnet-lite0's ImageNet); None otherwise."""
+        kind, _, arg = self.source.partition(":")
+        if isinstance(self.classes, tuple):
+            return self.classes
+        if self.classes == "imagenet" or (self.classes is None and kind == "efficientnet-lite0"):
+            from workers.models import imagenet_classes
+
+            return imagenet_classes()
+        if isinstance(self.classes, str):
+            p = Path(_resolve(base, self.classes))
+            if not p.is_file():
+                raise ConfigError(f"models.{self.name}.classes: class-name file {str(p)!r} does not exist")
+            return tuple(line.strip() for line in p.read_text().splitlines() if line.strip())
+        if kind == "hf":
+            cfg = Path(_resolve(base, arg)) / "config.json"
+            try:
+                id2label = json.loads(cfg.read_text()).get("id2label") or {}
+                return tuple(str(id2label[k]) for k in sorted(id2label, key=int)) or None
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"models.{self.name}.source: cannot read class names from {str(cfg)!r}: {e}") from None
+        return None
 
     def label_map_items(self) -> tuple[tuple[str, tuple[int | str, ...]], ...] | None:
         """``label_map`` as the frozen, sorted items ScoreOptions carries (a built-in name expanded)."""

@@ -226,3 +226,13 @@ def test_fine_layer_columns_match_a_separate_run_at_that_layer(tmp_path):
     row = t.to_pylist()[0]
     assert len(row["fine_cam"]) == 256 and row["fine_layer"] == "features.1"
     assert worker_table(coarse, run_id="r", model="tiny5", fingerprint="f").column("fine_cam").null_count == 2
+
+
+def test_dataset_report_lists_labels_that_map_to_nothing():
+    from pipeline.dataset_report import unmapped_by_model
+    from workers.models import imagenet_classes
+
+    labels = ["dog", "fish", "tabby", "unicorn"]
+    got = unmapped_by_model(labels, {"in9": ("imagenet9", imagenet_classes()), "plain": (None, imagenet_classes()),
+                                     "unknown_classes": ({"unicorn": [0]}, None)})
+    assert got == {"in9": ["unicorn"], "plain": ["dog", "fish", "unicorn"], "unknown_classes": ["dog", "fish", "tabby"]}
