@@ -1,4 +1,4 @@
-"""Small architectures for the synthetic cue benchmark, built from torchvision's ResNet blocks.
+"""Small architectures for the synthetic cue benchmark: a ResNet from torchvision's blocks and a small ViT.
 
 :func:`tiny_resnet` trains in seconds on a laptop CPU and keeps ResNet's layer names
 (``layer1`` .. ``layer4``, ``avgpool``, ``fc``) so the CAM engine's layer resolution works on it
@@ -83,3 +83,88 @@ def tiny_resnet(num_classes: int = 3, widths: Sequence[int] = (16, 32, 64, 128),
     torch.Size([2, 3])
     """
     return TinyResNet(num_classes=num_classes, widths=tuple(widths), blocks=tuple(blocks))
+
+
+class _Attention(nn.Module):
+    """Multi-head self-attention over tokens ``(N, T, C)`` (PyTorch's fused scaled-dot-product kernel)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, c = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(n, t, c))
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block, timm's names: ``norm1 -> attn``, ``norm2 -> mlp``."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = _Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """A small CLS-token vision transformer: a convolutional stem (three stride-2 3x3 convs, patch 8;
+    Xiao et al., "Early Convolutions Help Transformers See Better", 2021, which lets a ViT train from
+    scratch on a few thousand images), a CLS token, learned position embeddings, ``depth`` pre-norm
+    blocks and a linear head on the final CLS token.
+
+    At 64x64 the patch grid is 8x8 (64 patch tokens + 1 CLS, ``num_prefix_tokens = 1``). Layer names
+    follow timm's ViT (``blocks.<i>.norm1``, ``blocks.<i>.attn``, ``norm``, ``head``), so the CAM
+    engine's automatic choice is ``blocks.<depth-1>.norm1``, the input of the last attention.
+
+    Shapes: ``(N, 3, H, W) -> (N, num_classes)`` with ``H, W`` multiples of 8 up to ``img_size``.
+    """
+
+    num_prefix_tokens = 1
+
+    def __init__(self, num_classes: int = 3, img_size: int = 64, dim: int = 64, depth: int = 4, heads: int = 4,
+                 mlp_ratio: float = 2.0, stem: Sequence[int] = (16, 32)) -> None:
+        super().__init__()
+        if num_classes < 1 or dim % heads or img_size % 8 or len(stem) != 2:
+            raise ValueError(f"tiny_vit needs num_classes >= 1, dim divisible by heads, img_size a multiple of 8 "
+                             f"and 2 stem widths; got {num_classes}, {dim}/{heads}, {img_size}, {tuple(stem)}")
+        c1, c2 = stem
+        self.patch_embed = nn.Sequential(
+            nn.Conv2d(3, c1, 3, 2, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, 2, 1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, dim, 3, 2, 1),
+        )
+        grid = img_size // 8
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[_Block(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, h*w, dim)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.blocks(x + self.pos_embed[:, : x.shape[1]])
+        return self.head(self.norm(x)[:, 0])
+
+
+@ARCHS.register("tiny_vit")
+def tiny_vit(num_classes: int = 3, img_size: int = 64, dim: int = 64, depth: int = 4, heads: int = 4,
+             mlp_ratio: float = 2.0, stem: Sequence[int] = (16, 32)) -> TinyViT:
+    """Build a :class:`TinyViT`; initialisation is deterministic given ``torch.manual_seed``.
+
+    >>> tiny_vit(num_classes=3)(torch.zeros(2, 3, 64, 64)).shape
+    torch.Size([2, 3])
+    """
+    return TinyViT(num_classes, img_size, dim, depth, heads, mlp_ratio, tuple(stem))

@@ -129,11 +129,12 @@ def _jpeg_batch(tmp_path, n=3, exif=False):
     return _manifest(tmp_path, rows)
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_device_decode_matches_cpu_decode(tmp_path, device):
+def test_device_decode_matches_cpu_decode(tmp_path, device, interpolation):
     """JPEG bytes decoded by the actor (nvJPEG on a GPU) give the same pixels and scores as PIL."""
     batch = _jpeg_batch(tmp_path, exif=True)
-    pre = Preprocess(size=(32, 32), resize="resize_crop", crop_pct=0.875)
+    pre = Preprocess(size=(32, 32), resize="resize_crop", crop_pct=0.875, interpolation=interpolation)
     spec = ModelSpec(name="tiny", source="python:tests.factories:tiny_cnn", num_classes=3, classes=("a", "b", "c"),
                      preprocess=pre)
     on_cpu = prepare_batch(batch, PrepareOptions(pre))
