@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 
@@ -43,7 +46,7 @@ def test_planted_cue_small_vit_biased_fails_the_gate_and_fair_passes(tmp_path):
     from cuebench.train import train_cached
     from pipeline.config import parse_config
     from pipeline.gate import evaluate
-    from pipeline.run import ray_session, run_audit
+    from pipeline.run import run_audit
     from tests.conftest import CACHE
 
     cue = "background"
@@ -51,8 +54,15 @@ def test_planted_cue_small_vit_biased_fails_the_gate_and_fair_passes(tmp_path):
     audit = generate(CACHE / "data" / "vit" / cue, SynthConfig(cue=cue, n=300, correlation=AUDIT_CORRELATION, seed=0,
                                                                split="audit"))
     raw = synthetic_config(cue, audit, models, tmp_path / "results", layer="auto")
-    with ray_session(None, 2):
+    import ray
+
+    # address="local": a fresh cluster even when another `ray start` cluster runs on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+    try:
         run_audit(parse_config(raw, tmp_path / "audit.yaml"), progress=False)
+    finally:
+        ray.shutdown()
     verdict = evaluate(tmp_path / "results")
     status = {m.model: {r.check: r.status for r in m.checks} for m in verdict.models}
     assert status[f"{cue}-biased"][EXPECTED_CHECK[cue]] == "FAIL", status
