@@ -92,7 +92,7 @@ def _fine_layer(loaded: LoadedConfig, mcfg: Any, spec: Any, manifest: pa.Table |
     from workers.resolution import decide_fine_layer
 
     try:
-        d = decide_fine_layer(spec, manifest.to_pylist(), layer=loaded.layer_for(mcfg),
+        d = decide_fine_layer(spec, manifest, layer=loaded.layer_for(mcfg),
                               layout=None if mcfg.layout == "auto" else mcfg.layout, prefix_tokens=mcfg.prefix_tokens)
     except (ModelLoadError, ValueError, OSError) as e:
         raise RunError(f"model {spec.name!r}: cannot decide fine_layer: {e}") from None

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from common.annotations import AnnotationError, loads
@@ -57,14 +59,28 @@ def _displayed_size(path: str) -> tuple[int, int]:
         return (h, w) if _orientation(im, path) >= 5 else (w, h)
 
 
-def sample_rows(rows: Iterable[Mapping[str, Any]], n: int = SAMPLE) -> list[Mapping[str, Any]]:
-    """Up to ``n`` labelled rows with annotations, the same ones whatever the manifest's order."""
+def _key(image_id: object) -> str:
+    return hashlib.sha1(str(image_id).encode()).hexdigest()
+
+
+def sample_rows(rows: Iterable[Mapping[str, Any]] | pa.Table, n: int = SAMPLE) -> list[Mapping[str, Any]]:
+    """Up to ``n`` labelled rows with annotations, the same ones whatever the manifest's order
+    (the smallest hashes of their image ids). A manifest table is filtered in Arrow first, so only
+    the sample becomes Python objects."""
+    if isinstance(rows, pa.Table):
+        t = rows
+        keep = pc.and_(pc.is_valid(t.column("objects")), pc.is_valid(t.column("label")))
+        if "error" in t.column_names:
+            keep = pc.and_(keep, pc.is_null(t.column("error")))
+        t = t.filter(keep)
+        keys = [_key(i) for i in t.column("image_id").to_pylist()]
+        order = sorted(range(t.num_rows), key=keys.__getitem__)
+        rows = t.take(pa.array(order[: 4 * n], pa.int64())).to_pylist()
     annotated = [r for r in rows if r.get("objects") and r.get("label") and not r.get("error")]
-    key = lambda r: hashlib.sha1(str(r["image_id"]).encode()).hexdigest()
-    return sorted(annotated, key=key)[:n]
+    return sorted(annotated, key=lambda r: _key(r["image_id"]))[:n]
 
 
-def object_areas(rows: Iterable[Mapping[str, Any]], pre: Preprocess, n: int = SAMPLE) -> np.ndarray:
+def object_areas(rows: Iterable[Mapping[str, Any]] | pa.Table, pre: Preprocess, n: int = SAMPLE) -> np.ndarray:
     """Labelled-object area fractions of the model input for a deterministic sample of ``rows``.
 
     Reads only image headers; unreadable images and bad annotations are skipped.
@@ -82,7 +98,7 @@ def object_areas(rows: Iterable[Mapping[str, Any]], pre: Preprocess, n: int = SA
     return np.asarray(areas, dtype=np.float64)
 
 
-def decide_fine_layer(spec: ModelSpec, rows: Iterable[Mapping[str, Any]], *, layer: str | None = None,
+def decide_fine_layer(spec: ModelSpec, rows: Iterable[Mapping[str, Any]] | pa.Table, *, layer: str | None = None,
                       layout: str | None = None, prefix_tokens: int | None = None,
                       min_cells: float = MIN_OBJECT_CELLS, n: int = SAMPLE) -> FineDecision:
     """Probe the model's CAM layer and candidates on the CPU and decide on a finer layer.

@@ -38,9 +38,13 @@ def test_object_areas_go_through_the_models_geometry(tmp_path):
 
 
 def test_sample_is_deterministic_and_skips_unannotated_rows(tmp_path):
+    import pyarrow as pa
+
     rows = _rows(tmp_path, 8, n=10) + [{"image_id": "x", "path": "x.png", "label": "a", "objects": None}]
     a = [r["image_id"] for r in sample_rows(rows, 4)]
     assert a == [r["image_id"] for r in sample_rows(list(reversed(rows)), 4)] and "x" not in a
+    table = pa.Table.from_pylist([{**r, "error": None} for r in reversed(rows)])
+    assert [r["image_id"] for r in sample_rows(table, 4)] == a
 
 
 def test_small_objects_on_a_coarse_map_get_the_next_finer_stage(tmp_path):
