@@ -26,11 +26,11 @@ def test_tiny_vit_cam_is_on_the_patch_grid_at_the_last_attention_input():
     cam = GradCAM(net)
     res = cam(x)
     info = cam.layer_for(x)
-    assert (res.layer, info.layout, info.prefix, res.maps.shape) == ("blocks.3.norm1", "tokens", 1, (2, 8, 8))
+    assert (res.layer, info.layout, info.prefix, res.maps.shape) == ("blocks.1.norm1", "tokens", 1, (2, 8, 8))
     # A random net's map can be all negative for one class (ReLU'd to zero); the patch tokens get
     # gradient, so some class has a non-zero map.
     assert max(float(cam(x, targets=c).maps.amax()) for c in range(3)) > 0
-    assert "patch_embed" in {c.module for c in candidate_layers(net, x)}  # the conv stem's 8x8 output
+    assert "patch_embed" in {c.module for c in candidate_layers(net, x)}  # the ResNet tokenizer's 8x8 map
     with pytest.raises(ValueError, match="img_size a multiple of 8"):
         tiny_vit(img_size=60)
 
