@@ -41,7 +41,7 @@ SECTIONS = ("engine", "e2e", "scale", "aggregate", "storage")
 class Sizes:
     """How big each section runs; ``QUICK`` only checks that the harness works end to end."""
 
-    engine_models: tuple[str, ...] = ("resnet18", "resnet50", "efficientnet-lite0")
+    engine_models: tuple[str, ...] = ("resnet18", "resnet50", "efficientnet-lite0", "vit_small_patch16_224")
     engine_batch: int = 32
     engine_size: int = 224
     engine_repeats: int = 5

@@ -167,7 +167,12 @@ def dataset_report(
         return
     if limit:
         manifest = manifest.slice(0, limit)
-    r = build_report(manifest)
+    try:
+        models = {m.name: (m.label_map, m.class_names(loaded.base)) for m in loaded.config.models}
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    r = build_report(manifest, models=models)
     print_dataset_report(r, console)
     if json_out:
         write_json(r, json_out)
@@ -208,14 +213,15 @@ def train(
     lr: Annotated[float, typer.Option()] = 3e-3,
     batch_size: Annotated[int, typer.Option()] = 64,
     size: Annotated[int, typer.Option(help="input side in pixels")] = 64,
+    arch: Annotated[str, typer.Option(help="architecture of workers.archs: tiny_resnet or tiny_vit")] = "tiny_resnet",
 ) -> None:
-    """Train the small benchmark CNN on DATA on the CPU; writes a model.yaml an audit config can use."""
+    """Train a small benchmark model on DATA on the CPU; writes a model.yaml an audit config can use."""
     from cuebench.train import TrainError
     from cuebench.train import train as train_model
 
     try:
-        res = train_model(data, out, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, size=size)
-    except (TrainError, ValueError, OSError) as e:
+        res = train_model(data, out, arch=arch, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, size=size)
+    except (TrainError, ValueError, OSError, KeyError) as e:
         _fail(str(e))
         return
     console.print(f"trained in {res.wall_s:.0f} s, train accuracy {res.train_acc:.1%}; spec: {res.spec_path}")

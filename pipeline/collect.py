@@ -17,13 +17,14 @@ import pyarrow as pa
 from pipeline.schema import RESULT_SCHEMA, conform
 
 _INT_NULL_NEG = ("label_index", "pred_index", "target_index", "image_w", "image_h")
-_INT_NULL_ZERO = ("cam_h", "cam_w", "input_h", "input_w")
-_BOOL_NAN = ("correct", "pointing_hit")
+_INT_NULL_ZERO = ("cam_h", "cam_w", "input_h", "input_w", "fine_cam_h", "fine_cam_w")
+_BOOL_NAN = ("correct", "pointing_hit", "fine_pointing_hit")
 _FLOAT = ("pred_score", "target_score", "object_share", "object_area", "object_cells", "background_share",
-          "cf_fill_score", "cf_rand_score", "cf_same_score", "cf_ctx_score", "cf_ctrl_score")
+          "cf_fill_score", "cf_rand_score", "cf_same_score", "cf_ctx_score", "cf_ctrl_score", "fine_object_share",
+          "fine_object_cells", "fine_background_share")
 _STR = ("image_id", "path", "label", "pred", "target", "feature_layer", "metric_note", "annotations", "error",
         "error_kind", "cf_fill_pred", "cf_rand_pred", "cf_same_pred", "cf_rand_donor", "cf_same_donor", "cf_ctx_pred",
-        "cf_ctrl_pred")
+        "cf_ctrl_pred", "fine_layer")
 
 
 def _str(v: Any) -> str | None:
@@ -86,13 +87,14 @@ def worker_table(batch: Mapping[str, Any], *, run_id: str, model: str, fingerpri
         if k in batch:
             a = np.asarray(batch[k], dtype=np.float32)
             cols[k] = pa.array(a > 0.5, mask=~np.isfinite(a), type=pa.bool_())
-    if "cam" in batch:
-        cols["cam"] = _cam_array(np.asarray(batch["cam"], dtype=object))
+    for k in ("cam", "fine_cam"):
+        if k in batch:
+            cols[k] = _cam_array(np.asarray(batch[k], dtype=object))
     if "view_box" in batch:
         cols["view_box"] = _rows_or_null(batch["view_box"], 4)
     if "bg_color" in batch:
         cols["bg_color"] = _rows_or_null(batch["bg_color"], 3)
-    for k in ("other_shares", "other_areas", "attributes"):
+    for k in ("other_shares", "other_areas", "attributes", "fine_other_shares"):
         if k in batch:
             cols[k] = [_json_map(v) for v in batch[k]]
     if "scored_at" in batch:

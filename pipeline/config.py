@@ -12,6 +12,7 @@ they travel to Ray workers as plain picklable objects.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +25,7 @@ from common.storage import AnyPath, StorageOptions, as_path, is_uri, local_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MODEL_SOURCES = ("efficientnet-lite0", "torchvision", "timm", "python")
+MODEL_SOURCES = ("efficientnet-lite0", "torchvision", "timm", "hf", "python")
 
 
 class ConfigError(ValueError):
@@ -169,19 +170,30 @@ class StorageConfig(_Frozen):
 
 
 class PreprocessConfig(_Frozen):
+    """Preprocessing keys; the keys given override the source's own (timm's ``pretrained_cfg``, a
+    saved image processor), the rest keep it."""
+
     size: int | tuple[int, int] = 224
     resize: Literal["resize", "resize_crop"] = "resize_crop"
     crop_pct: float = Field(default=0.875, gt=0, le=1)
     mean: Literal["imagenet"] | tuple[float, float, float] = "imagenet"
     std: Literal["imagenet"] | tuple[float, float, float] = "imagenet"
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
 
-    def to_preprocess(self):  # -> workers.models.Preprocess (import deferred: keeps config torch-free)
+    def to_preprocess(self, base: Any = None):  # -> common.preprocess.Preprocess
+        """The keys set here over ``base`` (a Preprocess; None: these keys' defaults)."""
+        from dataclasses import replace
+
         from common.preprocess import Preprocess
 
         size = (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
         mean = IMAGENET_MEAN if self.mean == "imagenet" else tuple(self.mean)
         std = IMAGENET_STD if self.std == "imagenet" else tuple(self.std)
-        return Preprocess(size=size, resize=self.resize, crop_pct=self.crop_pct, mean=mean, std=std)
+        full = Preprocess(size=size, resize=self.resize, crop_pct=self.crop_pct, mean=mean, std=std,  # type: ignore[arg-type]
+                          interpolation=self.interpolation)
+        if base is None:
+            return full
+        return replace(base, **{k: getattr(full, k) for k in self.model_fields_set})
 
 
 class ModelConfig(_Frozen):
@@ -195,6 +207,10 @@ class ModelConfig(_Frozen):
     classes: tuple[str, ...] | str | None = None
     preprocess: PreprocessConfig | None = None
     layer: str | None = None
+    fine_layer: str | None = None
+    layout: Literal["auto", "nchw", "nhwc", "tokens"] = "auto"
+    prefix_tokens: int | None = Field(default=None, ge=0)
+    label_map: str | dict[str, int | str | tuple[int | str, ...]] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("source")
@@ -204,11 +220,54 @@ class ModelConfig(_Frozen):
         if kind not in MODEL_SOURCES:
             raise ValueError(
                 f"unknown model source {v!r} (expected one of efficientnet-lite0, torchvision:<arch>, "
-                "timm:<arch>, python:module:function)"
+                "timm:<arch>, hf:<folder>, python:module:function)"
             )
         if kind != "efficientnet-lite0" and not arg:
             raise ValueError(f"source {v!r} needs a name after '{kind}:'")
         return v
+
+    @field_validator("label_map")
+    @classmethod
+    def _known_label_map(cls, v: Any) -> Any:
+        from common.labelmaps import LABEL_MAPS
+
+        if isinstance(v, str) and v not in LABEL_MAPS:
+            raise ValueError(f"unknown label map {v!r}; built-in maps: {', '.join(LABEL_MAPS.names())} "
+                             "(or give a mapping label -> class names/indices)")
+        return v
+
+    def class_names(self, base: Path) -> tuple[str, ...] | None:
+        """The model's class names when known without building it (a list, a file, ``imagenet``,
+        an hf folder's id2label, efficientnet-lite0's ImageNet); None otherwise."""
+        kind, _, arg = self.source.partition(":")
+        if isinstance(self.classes, tuple):
+            return self.classes
+        if self.classes == "imagenet" or (self.classes is None and kind == "efficientnet-lite0"):
+            from workers.models import imagenet_classes
+
+            return imagenet_classes()
+        if isinstance(self.classes, str):
+            p = Path(_resolve(base, self.classes))
+            if not p.is_file():
+                raise ConfigError(f"models.{self.name}.classes: class-name file {str(p)!r} does not exist")
+            return tuple(line.strip() for line in p.read_text().splitlines() if line.strip())
+        if kind == "hf":
+            cfg = Path(_resolve(base, arg)) / "config.json"
+            try:
+                id2label = json.loads(cfg.read_text()).get("id2label") or {}
+                return tuple(str(id2label[k]) for k in sorted(id2label, key=int)) or None
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"models.{self.name}.source: cannot read class names from {str(cfg)!r}: {e}") from None
+        return None
+
+    def label_map_items(self) -> tuple[tuple[str, tuple[int | str, ...]], ...] | None:
+        """``label_map`` as the frozen, sorted items ScoreOptions carries (a built-in name expanded)."""
+        from common.labelmaps import builtin_label_map
+
+        if self.label_map is None:
+            return None
+        entries = builtin_label_map(self.label_map) if isinstance(self.label_map, str) else self.label_map
+        return tuple(sorted((k, tuple(v) if isinstance(v, tuple | list) else (v,)) for k, v in entries.items()))
 
     def to_spec(self, base: Path):  # -> workers.models.ModelSpec
         from workers.models import ModelSpec, imagenet_classes
@@ -224,15 +283,26 @@ class ModelConfig(_Frozen):
                 classes = tuple(line.strip() for line in Path(p).read_text().splitlines() if line.strip())
         else:
             classes = self.classes
-        return ModelSpec(
+        kind, _, arg = self.source.partition(":")
+        spec = ModelSpec(
             name=self.name,
-            source=self.source,
+            source=f"hf:{_resolve(base, arg)}" if kind == "hf" else self.source,
             weights=_resolve(base, self.weights) if self.weights else None,
             num_classes=self.num_classes,
             classes=classes,
-            preprocess=self.preprocess.to_preprocess() if self.preprocess else None,
             kwargs=tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in self.kwargs.items())),
         )
+        if self.preprocess is None:
+            return spec
+        from dataclasses import replace
+
+        from workers.models import ModelLoadError, resolve_spec
+
+        try:
+            own = resolve_spec(spec)[2]  # the source's preprocessing, which the keys given here override
+        except ModelLoadError as e:
+            raise ConfigError(f"models.{self.name}.preprocess: {e}") from None
+        return replace(spec, preprocess=self.preprocess.to_preprocess(own))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,6 +360,7 @@ class AuditConfig(_Frozen):
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     target: Literal["predicted", "label"] = "predicted"
     layer: str = "auto"
+    fine_layer: str = "auto"
     cam: str = "gradcam"
     counterfactual: CounterfactualConfig = CounterfactualConfig()
     execution: ExecutionConfig = ExecutionConfig()
@@ -327,6 +398,11 @@ class LoadedConfig:
     def layer_for(self, model: ModelConfig) -> str | None:
         layer = model.layer or self.config.layer
         return None if layer in (None, "auto") else layer
+
+    def fine_layer_for(self, model: ModelConfig) -> str | None:
+        """``"auto"`` (decide from the objects' size in feature cells), a layer name, or None (``none``)."""
+        fine = model.fine_layer or self.config.fine_layer
+        return None if fine == "none" else fine
 
 
 def _resolve(base: Path, p: str) -> str:
@@ -368,6 +444,8 @@ def _merge_specs(raw: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
             for key in ("weights", "classes"):
                 if isinstance(spec.get(key), str) and spec[key] != "imagenet":
                     spec[key] = _resolve(spec_path.parent, spec[key])
+            if isinstance(spec.get("source"), str) and spec["source"].startswith("hf:"):
+                spec["source"] = "hf:" + _resolve(spec_path.parent, spec["source"][3:])
             merged = {**spec, **{k: v for k, v in m.items() if k != "spec"}}
             out.append(merged)
         else:

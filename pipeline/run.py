@@ -70,6 +70,7 @@ class ModelPlan:
     spec: Any  # workers.models.ModelSpec
     opts: Any  # workers.score.ScoreOptions
     fingerprint: str
+    fine_reason: str | None = None  # why opts.fine_layer was (not) chosen automatically
 
 
 @dataclass
@@ -107,7 +108,28 @@ def worker_code(loaded: LoadedConfig, plans: list[ModelPlan]) -> list[Path]:
     return code_to_ship(loaded.base, [p.spec.source for p in plans], search)
 
 
-def plan_models(loaded: LoadedConfig) -> list[ModelPlan]:
+def _fine_layer(loaded: LoadedConfig, mcfg: Any, spec: Any, manifest: pa.Table | None) -> tuple[str | None, str | None]:
+    """The finer layer to audit beside the main one, and why (``fine_layer: auto`` decides from the
+    objects' median size in feature cells; see :mod:`workers.resolution`)."""
+    fine = loaded.fine_layer_for(mcfg)
+    if fine != "auto":
+        return fine, None if fine is None else "configured"
+    if manifest is None:
+        return None, None
+    from workers.models import ModelLoadError
+    from workers.resolution import decide_fine_layer
+
+    try:
+        d = decide_fine_layer(spec, manifest, layer=loaded.layer_for(mcfg),
+                              layout=None if mcfg.layout == "auto" else mcfg.layout, prefix_tokens=mcfg.prefix_tokens)
+    except (ModelLoadError, ValueError, OSError) as e:
+        raise RunError(f"model {spec.name!r}: cannot decide fine_layer: {e}") from None
+    log.info("model %s: %s (%d images sampled)", spec.name, d.reason, d.images)
+    return d.fine_layer, d.reason
+
+
+def plan_models(loaded: LoadedConfig, manifest: pa.Table | None = None) -> list[ModelPlan]:
+    """One plan per model; with ``manifest``, ``fine_layer: auto`` is resolved from its annotations."""
     from workers.models import spec_fingerprint
     from workers.score import ScoreOptions
 
@@ -117,6 +139,7 @@ def plan_models(loaded: LoadedConfig) -> list[ModelPlan]:
     cfg = loaded.config
     plans = []
     for mcfg, spec in zip(cfg.models, loaded.model_specs(), strict=True):
+        fine, why = _fine_layer(loaded, mcfg, spec, manifest)
         opts = ScoreOptions(
             cam=cfg.cam,
             layer=loaded.layer_for(mcfg),
@@ -126,13 +149,17 @@ def plan_models(loaded: LoadedConfig) -> list[ModelPlan]:
             counterfactual=cfg.counterfactual.enabled,
             fill=cfg.counterfactual.fill,
             compile=cfg.execution.compile,
+            layout=mcfg.layout,
+            prefix_tokens=mcfg.prefix_tokens,
+            label_map=mcfg.label_map_items(),
+            fine_layer=fine,
         )
         cf = cfg.counterfactual.model_dump(exclude={"enabled", "fill"}) if cfg.counterfactual.enabled else None
         try:
             fp = audit_fingerprint(spec_fingerprint(spec), _fingerprinted(opts), cf)
         except (ValueError, OSError) as e:
             raise RunError(str(e)) from None
-        plans.append(ModelPlan(spec.name, spec, opts, fp))
+        plans.append(ModelPlan(spec.name, spec, opts, fp, why))
     return plans
 
 
@@ -221,7 +248,7 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     manifest = read_manifest(cfg.dataset, loaded.base)
-    plans = plan_models(loaded)
+    plans = plan_models(loaded, manifest)
     run_id = new_run_id()
     roots = sorted(set(manifest.column("dataset_root").to_pylist()))
     from importlib.metadata import PackageNotFoundError, version
@@ -243,7 +270,8 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
         todo[plan.name] = manifest.filter(mask)
         record.models[plan.name] = ModelRun(fingerprint=plan.fingerprint, source=plan.spec.source,
                                             target=cfg.target, to_score=todo[plan.name].num_rows,
-                                            skipped=manifest.num_rows - todo[plan.name].num_rows)
+                                            skipped=manifest.num_rows - todo[plan.name].num_rows,
+                                            fine_layer=plan.opts.fine_layer, fine_reason=plan.fine_reason)
     write_run(out, record)
     summary = RunSummary(run_id=run_id, output=out, images=manifest.num_rows, models=record.models)
     pending = {n: t for n, t in todo.items() if t.num_rows}

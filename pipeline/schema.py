@@ -58,14 +58,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("path", pa.string(), "location of the image: an absolute path or a URI (s3://, tar://, parquet://, ...)"),
     Column("dataset_root", pa.string(), "root of the audited dataset (path or URI); the dashboard serves files only below it"),
     Column("label", pa.string(), "annotated class name (null when unlabelled)"),
-    Column("label_index", pa.int32(), "model output index of the label (null when the model does not know it)"),
+    Column("label_index", pa.int32(), "model output index of the label; with a label_map set, its highest-scoring class (null when unlabelled)"),
     Column("pred", pa.string(), "predicted class name (argmax)"),
     Column("pred_index", pa.int32(), "predicted output index"),
     Column("pred_score", _F32, "softmax probability of the prediction, 0..1"),
     Column("target", pa.string(), "class whose score the CAM explains (the prediction or the label)"),
     Column("target_index", pa.int32(), "output index of the target"),
     Column("target_score", _F32, "softmax probability of the target, 0..1"),
-    Column("correct", pa.bool_(), "pred == label (null when unlabelled)"),
+    Column("correct", pa.bool_(), "pred is the label's class (or in its label_map set; null when unlabelled)"),
     Column("feature_layer", pa.string(), "dotted name of the layer the CAM was taken at"),
     Column("cam", pa.list_(_F32), "raw Grad-CAM map at feature resolution, row-major (cam_h * cam_w), ReLU'd, not normalised"),
     Column("cam_h", pa.int16(), "map height in feature cells"),
@@ -84,6 +84,15 @@ COLUMNS: tuple[Column, ...] = (
     Column("other_areas", pa.map_(pa.string(), _F32), "category -> area fraction of other annotated objects"),
     Column("bg_color", pa.list_(_F32, 3), "mean RGB (0..255) of the background pixels (outside every annotated object)"),
     Column("metric_note", pa.string(), "why a metric is null/NaN (no_object_mask, empty_object_mask, zero_map, ...)"),
+    Column("fine_layer", pa.string(), "finer layer also audited when the feature layer's map is too coarse for the objects (null: none)"),
+    Column("fine_cam", pa.list_(_F32), "raw Grad-CAM map at fine_layer, row-major (fine_cam_h * fine_cam_w), same pass and target"),
+    Column("fine_cam_h", pa.int16(), "fine map height in feature cells"),
+    Column("fine_cam_w", pa.int16(), "fine map width in feature cells"),
+    Column("fine_object_share", _F32, "object_share of the fine map, 0..1"),
+    Column("fine_object_cells", _F32, "object_area * fine_cam_h * fine_cam_w: fine cells the object covers"),
+    Column("fine_background_share", _F32, "background_share of the fine map, 0..1"),
+    Column("fine_other_shares", pa.map_(pa.string(), _F32), "other_shares of the fine map, 0..1"),
+    Column("fine_pointing_hit", pa.bool_(), "pointing_hit of the fine map"),
     Column("cf_fill_pred", pa.string(), "counterfactual: prediction with the background replaced by a neutral fill"),
     Column("cf_fill_score", _F32, "counterfactual: target probability with the neutral fill"),
     Column("cf_rand_pred", pa.string(), "counterfactual (Mixed-Rand): prediction on the object over another class's background"),
@@ -235,6 +244,8 @@ class ModelRun:
 
     fingerprint: str
     feature_layer: str | None = None
+    fine_layer: str | None = None  # the finer layer audited beside feature_layer (fine_* columns)
+    fine_reason: str | None = None  # why: the objects' median size in feature cells, or "configured"
     source: str = ""
     target: str = "predicted"
     to_score: int = 0

@@ -308,7 +308,7 @@ def _stored_geometry(geom: Geometry, orientation: int, stored_w: int, stored_h: 
     (ax, ay), (bx, by) = to_stored(x0, y0), to_stored(x1, y1)
     box = (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
     out_h, out_w = (geom.out_w, geom.out_h) if orientation >= 5 else (geom.out_h, geom.out_w)
-    return Geometry(stored_w, stored_h, box, out_h, out_w)
+    return Geometry(stored_w, stored_h, box, out_h, out_w, geom.interpolation)
 
 
 def _draft_factor(stored: Geometry) -> int:

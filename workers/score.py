@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.labelmaps import ClassIndex, label_sets
 from workers.cam import make_cam
 from workers.metrics import background_color, coarse_map_warning, mass_metrics
 from workers.models import LoadedModel, ModelSpec, load_model
 
 log = logging.getLogger(__name__)
+
+FINE_KEYS = (
+    "fine_layer", "fine_cam", "fine_cam_h", "fine_cam_w", "fine_object_share", "fine_object_cells",
+    "fine_background_share", "fine_other_shares", "fine_pointing_hit",
+)  # fmt: skip
+"""The same map and metrics at the finer layer (``ScoreOptions.fine_layer``); null without one."""
 
 RESULT_KEYS = (
     "image_id", "path", "label", "label_index", "pred", "pred_index", "pred_score", "target", "target_index",
@@ -36,7 +42,7 @@ RESULT_KEYS = (
     "scored_at", "cf_fill_pred", "cf_fill_score", "cf_rand_pred", "cf_rand_score", "cf_rand_donor",
     "cf_same_pred", "cf_same_score", "cf_same_donor", "cf_ctx_pred", "cf_ctx_score", "cf_ctrl_pred",
     "cf_ctrl_score",
-)  # fmt: skip
+) + FINE_KEYS  # fmt: skip
 
 COMPILED_PREFIX = "_orig_mod."
 _AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,9 +55,18 @@ def resolve_autocast(name: str, device: torch.device) -> torch.dtype | None:
     return _AUTOCAST[name]
 
 
+LabelMapItems = tuple[tuple[str, tuple[int | str, ...]], ...]
+
+
 @dataclass(frozen=True)
 class ScoreOptions:
-    """How a worker scores: CAM method and layer, target, device and numeric options."""
+    """How a worker scores: CAM method and layer, target, device and numeric options.
+
+    ``layout``/``prefix_tokens`` tell the engine how to read feature maps (``auto``: recognised; see
+    :mod:`workers.cam`); ``label_map`` sends dataset labels to sets of model classes (label ->
+    class indices or names; see :mod:`common.labelmaps`); ``fine_layer`` adds a second map at that
+    layer, computed in the same pass, with its own metrics (the ``fine_*`` columns).
+    """
 
     cam: str = "gradcam"
     layer: str | None = None
@@ -61,6 +76,10 @@ class ScoreOptions:
     counterfactual: bool = False
     fill: str = "mean"  # mean (the normalisation mean: a zero input) | gray | black
     compile: bool = False
+    layout: str = "auto"
+    prefix_tokens: int | None = None
+    label_map: LabelMapItems | None = None
+    fine_layer: str | None = None
 
 
 def pick_device(want: str) -> torch.device:
@@ -69,10 +88,6 @@ def pick_device(want: str) -> torch.device:
     if want == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("execution.device is 'cuda' but this worker sees no CUDA device")
     return torch.device(want)
-
-
-def normalise_name(name: str) -> str:
-    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
 
 
 class Scorer:
@@ -85,15 +100,17 @@ class Scorer:
         module = self.model.module
         if self.device.type == "cuda":
             module.to(memory_format=torch.channels_last)
-        layer = opts.layer
+        layer, fine = opts.layer, opts.fine_layer
         if opts.compile:
             # torch.compile wraps the model: its submodules are named "_orig_mod.<name>" (hooks still
             # run, at a graph break); layer names in and out stay those of the plain model.
             module = torch.compile(module)
             layer = f"{COMPILED_PREFIX}{layer}" if layer else None
+            fine = f"{COMPILED_PREFIX}{fine}" if fine else None
         autocast = resolve_autocast(opts.autocast, self.device)
         self.autocast = autocast
-        self.cam = make_cam(opts.cam, module, layer=layer, autocast=autocast)
+        self.cam = make_cam(opts.cam, module, layer=layer, autocast=autocast, layout=opts.layout,
+                            prefix_tokens=opts.prefix_tokens, extra_layers=(fine,) if fine else ())
         self.module = module
         pre = self.model.preprocess
         self.h, self.w = pre.size
@@ -102,20 +119,26 @@ class Scorer:
         self.fill255 = {"mean": self.mean255, "gray": torch.full_like(self.mean255, 127.5),
                         "black": torch.zeros_like(self.mean255)}[opts.fill]
         self.classes = list(self.model.classes)
-        exact = {c: i for i, c in enumerate(self.classes)}
-        loose: dict[str, int] = {}
-        for c, i in exact.items():
-            loose.setdefault(normalise_name(c), i)
-        self._exact, self._loose = exact, loose
+        self._index = ClassIndex(self.classes)
+        try:
+            self._sets = label_sets({k: tuple(v) for k, v in opts.label_map} if opts.label_map else None,
+                                    self.classes)
+        except ValueError as e:
+            raise ValueError(f"model {spec.name!r}: {e}") from None
         self._warned_coarse = False
 
     # -- helpers -------------------------------------------------------------------------------
 
     def class_of(self, label: str) -> int:
         """Model output index of a dataset class name: exact match first, then case/spacing-insensitive."""
-        if label in self._exact:
-            return self._exact[label]
-        return self._loose.get(normalise_name(label), -1)
+        return self._index.index(label)
+
+    def classes_of(self, label: str) -> tuple[int, ...]:
+        """The model classes a dataset label stands for: its ``label_map`` set, else its class name."""
+        if label in self._sets:
+            return self._sets[label]
+        i = self.class_of(label)
+        return (i,) if i >= 0 else ()
 
     def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 on the device -> normalised (N, 3, H, W) float32."""
@@ -147,24 +170,23 @@ class Scorer:
         out["input_w"][:] = self.w
         error = out["error"]
         kind = out["error_kind"]
-        label_index = out["label_index"]
+        sets: list[tuple[int, ...]] = [()] * n
         for i in range(n):
             if error[i] is not None:
                 continue
             label = batch["label"][i]
             if isinstance(label, str) and label:
-                li = self.class_of(label)
-                if li < 0:
+                sets[i] = self.classes_of(label)
+                if not sets[i]:
                     error[i] = (f"{batch['path'][i]}: label {label!r} is not a class of model "
-                                f"{self.model.spec.name!r} ({len(self.classes)} classes)")
+                                f"{self.model.spec.name!r} ({len(self.classes)} classes) and label_map "
+                                "does not map it")
                     kind[i] = "unknown_label"
-                    continue
-                label_index[i] = li
             elif self.opts.target == "label":
                 error[i], kind[i] = f"{batch['path'][i]}: no label, but target is 'label'", "no_label"
         ok = np.flatnonzero(np.array([e is None for e in error], dtype=bool))
         if len(ok):
-            self._score(batch, ok, out)
+            self._score(batch, ok, out, sets)
         out["scored_at"][:] = int(time.time() * 1000)
         # Timing columns (dropped before Parquet): seconds per row, summed by the driver.
         out["_t_score"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
@@ -179,6 +201,7 @@ class Scorer:
         whose body turns out corrupt becomes an error row, without costing the others.
         Returns (rows still scorable, their pixels)."""
         from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2.functional import resized_crop
 
         enc = batch.get("encoded")
@@ -207,32 +230,48 @@ class Scorer:
                 out["error_kind"][i] = "corrupt"
                 bad.add(j)
                 continue
-            x0, y0, x1, y1 = json.loads(batch["geometry"][i])["box"]
+            geom = json.loads(batch["geometry"][i])
+            x0, y0, x1, y1 = geom["box"]
             top, left = int(round(y0)), int(round(x0))
+            mode = InterpolationMode.BICUBIC if geom.get("interpolation") == "bicubic" else InterpolationMode.BILINEAR
             crop = resized_crop(img, top, left, max(1, int(round(y1)) - top), max(1, int(round(x1)) - left),
-                                [self.h, self.w], antialias=True)
+                                [self.h, self.w], interpolation=mode, antialias=True)
             pixels[j] = crop.permute(1, 2, 0)
         if not bad:
             return ok, pixels
         keep = np.array([j not in bad for j in range(len(ok))])
         return ok[keep], pixels[torch.as_tensor(keep, device=pixels.device)]
 
-    def _score(self, batch: dict[str, Any], ok: np.ndarray, out: dict[str, np.ndarray]) -> None:
+    def _label_mask(self, sets: list[tuple[int, ...]], ok: np.ndarray) -> torch.Tensor:
+        """``(n, classes)`` bool: the model classes each row's label stands for (all False: no label)."""
+        mask = np.zeros((len(ok), len(self.classes)), dtype=bool)
+        for j, i in enumerate(ok):
+            mask[j, list(sets[i])] = True
+        return torch.from_numpy(mask).to(self.device)
+
+    def _score(self, batch: dict[str, Any], ok: np.ndarray, out: dict[str, np.ndarray],
+               sets: list[tuple[int, ...]]) -> None:
         dev = self.device
         pixels = self._to_device(np.asarray(batch["pixels"])[ok])
         ok, pixels = self._decode_on_device(batch, ok, pixels, out)
         if not len(ok):
             return
         x = self._normalise(pixels)
+        in_label = self._label_mask(sets, ok)
         targets = None
         if self.opts.target == "label":
-            targets = torch.as_tensor(out["label_index"][ok], dtype=torch.long, device=dev)
+            # The label's highest-scoring class: max over its set routes the gradient to that logit only.
+            targets = lambda logits: logits.float().masked_fill(~in_label, float("-inf")).amax(dim=1)
         res = self.cam(x, targets=targets)
         maps = res.maps.float()
-        probs = torch.softmax(res.logits.float(), dim=1)
+        logits = res.logits.float()
+        probs = torch.softmax(logits, dim=1)
         pred_score, pred = probs.max(dim=1)
-        tgt = res.targets if res.targets is not None else pred
+        has_label = in_label.any(dim=1)
+        label_best = logits.masked_fill(~in_label, float("-inf")).argmax(dim=1)
+        tgt = label_best if self.opts.target == "label" else pred
         tgt_score = probs.gather(1, tgt.view(-1, 1)).squeeze(1)
+        correct = in_label.gather(1, pred.view(-1, 1)).squeeze(1)
 
         # Masks: (K_i, H, W) per image, padded to K = max K_i; mask 0 is the target when present.
         names = [json.loads(batch["mask_names"][i]) for i in ok]
@@ -259,6 +298,8 @@ class Scorer:
             others = m.new_zeros((n, 0, h, w))
             valid = torch.zeros((n, 0), dtype=torch.bool, device=dev)
         mm = mass_metrics(maps, target_mask, ht, others, valid)
+        fine = next(iter(res.extra.items()), None)
+        fm = mass_metrics(fine[1].float(), target_mask, ht, others, valid) if fine is not None else None
         fg = m.amax(dim=1) if k_max else m.new_zeros((n, h, w))
         bg = background_color(pixels.permute(0, 3, 1, 2), fg)
 
@@ -281,6 +322,8 @@ class Scorer:
         }.items()}
         pred_np = pred.cpu().numpy()
         tgt_np = tgt.cpu().numpy()
+        label_np = torch.where(has_label, label_best, -1).cpu().numpy()
+        correct_np = torch.where(has_label, correct.float(), float("nan")).cpu().numpy()
         cam_np = maps.reshape(n, -1).cpu().numpy()
         ch, cw = maps.shape[1], maps.shape[2]
         out["cam_h"][ok], out["cam_w"][ok] = ch, cw
@@ -290,13 +333,13 @@ class Scorer:
         out["bg_color"][ok] = cpu["bg_color"]
         out["pred_index"][ok] = pred_np
         out["target_index"][ok] = tgt_np
+        out["label_index"][ok] = label_np
+        out["correct"][ok] = correct_np
         for j, i in enumerate(ok):
             out["pred"][i] = self.classes[pred_np[j]]
             out["target"][i] = self.classes[tgt_np[j]]
             out["feature_layer"][i] = res.layer.removeprefix(COMPILED_PREFIX)
             out["cam"][i] = cam_np[j].astype(np.float32).tobytes()
-            li = out["label_index"][i]
-            out["correct"][i] = np.nan if li < 0 else float(li == pred_np[j])
             others_j = names[j][1:] if has_target[j] else names[j]
             out["other_shares"][i] = json.dumps({c: _f(cpu["other_shares"][j, q]) for q, c in enumerate(others_j)})
             out["other_areas"][i] = json.dumps({c: _f(cpu["other_areas"][j, q]) for q, c in enumerate(others_j)})
@@ -304,6 +347,8 @@ class Scorer:
             g = json.loads(batch["geometry"][i])
             out["image_w"][i], out["image_h"][i] = g["src_w"], g["src_h"]
             out["view_box"][i] = g["box"]
+        if fine is not None and fm is not None:
+            self._fine_columns(out, ok, names, has_target, fine[0].removeprefix(COMPILED_PREFIX), fine[1], fm)
         for key, (p, s) in cf.items():
             p_np, s_np = p.cpu().numpy(), s.float().cpu().numpy()
             for j, i in enumerate(ok):
@@ -312,6 +357,22 @@ class Scorer:
                     out[f"cf_{key}_score"][i] = s_np[j]
                     if key in ("rand", "same"):
                         out[f"cf_{key}_donor"][i] = batch[f"cf_{key}_id"][i]
+
+    def _fine_columns(self, out: dict[str, np.ndarray], ok: np.ndarray, names: list[list[str]],
+                      has_target: np.ndarray, layer: str, maps: torch.Tensor, fm: Any) -> None:
+        """The ``fine_*`` columns: the finer layer's map and its mass metrics (same masks)."""
+        n, fh, fw = maps.shape
+        cam_np = maps.float().reshape(n, -1).cpu().numpy()
+        cpu = {k: getattr(fm, k).detach().float().cpu().numpy() for k in
+               ("object_share", "object_cells", "background_share", "pointing_hit", "other_shares")}
+        out["fine_cam_h"][ok], out["fine_cam_w"][ok] = fh, fw
+        for key in ("object_share", "object_cells", "background_share", "pointing_hit"):
+            out[f"fine_{key}"][ok] = cpu[key]
+        for j, i in enumerate(ok):
+            out["fine_layer"][i] = layer
+            out["fine_cam"][i] = cam_np[j].astype(np.float32).tobytes()
+            others_j = names[j][1:] if has_target[j] else names[j]
+            out["fine_other_shares"][i] = json.dumps({c: _f(cpu["other_shares"][j, q]) for q, c in enumerate(others_j)})
 
     def _counterfactuals(self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor, t: torch.Tensor,
                          has_target: np.ndarray, tgt: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -399,6 +460,9 @@ def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         out[f"cf_{kind}_pred"] = obj()
         out[f"cf_{kind}_score"] = nan()
     out["cf_rand_donor"], out["cf_same_donor"] = obj(), obj()
+    out.update(fine_layer=obj(), fine_cam=obj(), fine_other_shares=obj(), fine_cam_h=np.zeros(n, np.int16),
+               fine_cam_w=np.zeros(n, np.int16), fine_object_share=nan(), fine_object_cells=nan(),
+               fine_background_share=nan(), fine_pointing_hit=nan())
     # Normalise error strings: Ray may hand NaN/"" for missing values.
     for key in ("error", "error_kind"):
         out[key] = np.array([v if isinstance(v, str) and v else None for v in out[key]], dtype=object)

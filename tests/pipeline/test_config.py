@@ -89,3 +89,26 @@ def test_imagenet_and_file_classes(tmp_path):
     a, b = load_config(_write(tmp_path, cfg)).model_specs()
     assert len(a.classes) == 1000 and a.classes[0] == "tench"
     assert b.classes == ("x", "y")
+
+
+def test_model_keys_for_modern_models(tmp_path):
+    model = {"name": "v", "source": "timm:vit_tiny_patch16_224", "weights": "w.safetensors", "layout": "tokens",
+             "prefix_tokens": 1, "fine_layer": "none", "label_map": {"cat": ["tabby", 282], "dog": 151},
+             "preprocess": {"size": 64}, "kwargs": {"img_size": 64}}
+    loaded = load_config(_write(tmp_path, {**BASE, "models": [model]}))
+    (m,) = loaded.config.models
+    assert m.label_map_items() == (("cat", ("tabby", 282)), ("dog", (151,)))
+    assert loaded.fine_layer_for(m) is None and loaded.config.fine_layer == "auto"
+    (spec,) = loaded.model_specs()
+    # The one key given overrides timm's pretrained_cfg; the rest (bicubic, crop 0.9, mean 0.5) stays.
+    assert spec.preprocess.size == (64, 64) and spec.preprocess.interpolation == "bicubic"
+    assert spec.preprocess.crop_pct == 0.9 and spec.preprocess.mean == (0.5, 0.5, 0.5)
+    builtin = load_config(_write(tmp_path, {**BASE, "models": [{**BASE["models"][0], "label_map": "imagenet9"}]}))
+    items = dict(builtin.config.models[0].label_map_items())
+    assert len(items) == 9 and len(items["dog"]) == 116
+    with pytest.raises(ConfigError, match="unknown label map 'imagenet10'; built-in maps: imagenet9"):
+        load_config(_write(tmp_path, {**BASE, "models": [{**BASE["models"][0], "label_map": "imagenet10"}]}))
+    with pytest.raises(ConfigError, match="layout"):
+        load_config(_write(tmp_path, {**BASE, "models": [{**BASE["models"][0], "layout": "nwhc"}]}))
+    hf = load_config(_write(tmp_path, {**BASE, "models": [{"name": "h", "source": "hf:models/vit"}]}))
+    assert hf.model_specs()[0].source == f"hf:{tmp_path / 'models' / 'vit'}"

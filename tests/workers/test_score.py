@@ -162,11 +162,12 @@ def _jpeg_batch(tmp_path, n=3, exif=False):
     return _manifest(tmp_path, rows)
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_device_decode_matches_cpu_decode(tmp_path, device):
+def test_device_decode_matches_cpu_decode(tmp_path, device, interpolation):
     """JPEG bytes decoded by the actor (nvJPEG on a GPU) give the same pixels and scores as PIL."""
     batch = _jpeg_batch(tmp_path, exif=True)
-    pre = Preprocess(size=(32, 32), resize="resize_crop", crop_pct=0.875)
+    pre = Preprocess(size=(32, 32), resize="resize_crop", crop_pct=0.875, interpolation=interpolation)
     spec = ModelSpec(name="tiny", source="python:tests.factories:tiny_cnn", num_classes=3, classes=("a", "b", "c"),
                      preprocess=pre)
     on_cpu = prepare_batch(batch, PrepareOptions(pre))
@@ -200,3 +201,72 @@ def test_compiled_model_gives_the_same_maps_and_layer_names(batch):
     assert compiled["feature_layer"][0] == "features.2"
     np.testing.assert_allclose(np.frombuffer(compiled["cam"][0], np.float32),
                                np.frombuffer(plain["cam"][0], np.float32), atol=1e-6)
+
+
+# --- label maps and the fine layer -------------------------------------------------------------
+
+SPEC5 = ModelSpec(name="tiny5", source="python:tests.factories:tiny_cnn", num_classes=5,
+                  classes=("c0", "c1", "c2", "c3", "c4"), preprocess=PRE)
+
+
+def _labelled_batch(tmp_path, labels):
+    rng = np.random.default_rng(3)
+    rows = []
+    for k, lab in enumerate(labels):
+        p = tmp_path / f"l{k}.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(p)
+        rows.append({"image_id": f"l{k}", "path": str(p), "label": lab,
+                     "objects": dumps([ObjectAnn(lab, bbox=(4, 4, 12, 12))])})
+    return prepare_batch(_manifest(tmp_path, rows), PrepareOptions(PRE))
+
+
+def test_label_map_sets_decide_correctness_and_the_label_target(tmp_path):
+    prepared = _labelled_batch(tmp_path, ["even", "odd", "even", "c4", "nothing"])
+    lm = (("even", ("c0", 2, "C4")), ("odd", (1, 3)))  # names (case-insensitive) and indices mix
+    plain = Scorer(SPEC5, ScoreOptions(label_map=lm))(prepared)
+    for i, lab in enumerate(["even", "odd", "even", "c4"]):
+        members = {"even": {0, 2, 4}, "odd": {1, 3}, "c4": {4}}[lab]
+        assert plain["correct"][i] == float(plain["pred_index"][i] in members)
+        assert plain["label_index"][i] in members
+    assert plain["error_kind"][4] == "unknown_label" and "label_map" in plain["error"][4]
+    by_label = Scorer(SPEC5, ScoreOptions(label_map=lm, target="label"))(prepared)
+    np.testing.assert_array_equal(by_label["target_index"][:4], plain["label_index"][:4])
+    # The set's best class is explained exactly as if it had been named: same map as target=index.
+    for i in range(4):
+        one = Scorer(SPEC5, ScoreOptions(target="label", label_map=(("even", (int(plain["label_index"][i]),)),
+                                                                    ("odd", (int(plain["label_index"][i]),)))))
+        got = one({k: v[i:i + 1] for k, v in prepared.items()})
+        want = np.frombuffer(by_label["cam"][i], np.float32)
+        np.testing.assert_allclose(np.frombuffer(got["cam"][0], np.float32), want, atol=1e-5 * want.max())
+    with pytest.raises(ValueError, match=r"model 'tiny5': label_map\['odd'\]: 'c9' is not a class"):
+        Scorer(SPEC5, ScoreOptions(label_map=(("odd", ("c9",)),)))
+
+
+def test_fine_layer_columns_match_a_separate_run_at_that_layer(tmp_path):
+    prepared = _labelled_batch(tmp_path, ["c1", "c2"])
+    both = Scorer(SPEC5, ScoreOptions(fine_layer="features.1"))(prepared)
+    fine = Scorer(SPEC5, ScoreOptions(layer="features.1"))(prepared)
+    coarse = Scorer(SPEC5, ScoreOptions())(prepared)
+    assert list(both["feature_layer"]) == list(coarse["feature_layer"]) == ["features"] * 2
+    assert list(both["fine_layer"]) == ["features.1"] * 2
+    assert (both["fine_cam_h"][0], both["fine_cam_w"][0]) == (16, 16) and both["cam_h"][0] == 8
+    for key in ("object_share", "object_cells", "background_share", "pointing_hit"):
+        np.testing.assert_allclose(both[f"fine_{key}"], fine[key], rtol=1e-5)
+        np.testing.assert_allclose(both[key], coarse[key], rtol=1e-5)
+    np.testing.assert_allclose(np.frombuffer(both["fine_cam"][1], np.float32), np.frombuffer(fine["cam"][1], np.float32),
+                               rtol=1e-5)
+    t = worker_table(both, run_id="r", model="tiny5", fingerprint="f", dataset_root="/d")
+    assert t.schema == RESULT_SCHEMA
+    row = t.to_pylist()[0]
+    assert len(row["fine_cam"]) == 256 and row["fine_layer"] == "features.1"
+    assert worker_table(coarse, run_id="r", model="tiny5", fingerprint="f").column("fine_cam").null_count == 2
+
+
+def test_dataset_report_lists_labels_that_map_to_nothing():
+    from pipeline.dataset_report import unmapped_by_model
+    from workers.models import imagenet_classes
+
+    labels = ["dog", "fish", "tabby", "unicorn"]
+    got = unmapped_by_model(labels, {"in9": ("imagenet9", imagenet_classes()), "plain": (None, imagenet_classes()),
+                                     "unknown_classes": ({"unicorn": [0]}, None)})
+    assert got == {"in9": ["unicorn"], "plain": ["dog", "fish", "unicorn"], "unknown_classes": ["dog", "fish", "tabby"]}
