@@ -174,6 +174,45 @@ def register(cls: type[Check]) -> type[Check]:
     return cls
 
 
+@dataclass(frozen=True)
+class SaliencyLayer:
+    """Where saliency is judged: the finer layer when the audit computed one because the feature
+    layer's map was too coarse for the objects (``fine_*`` columns), else the feature layer."""
+
+    layer: str | None
+    cam_hw: tuple[int, int] | None
+    cells: float  # median feature cells covered by the labelled object
+    overall: Any  # GroupStats
+    classes: list[Any]
+    cue_mass: Any  # Estimate: co-occurrence saliency on cue-aligned images
+    cue_lift: Any
+    fine: bool
+
+    @property
+    def where(self) -> str:
+        hw = f" ({self.cam_hw[0]}x{self.cam_hw[1]})" if self.cam_hw else ""
+        return f"at {'the finer layer ' if self.fine else ''}{self.layer}{hw}"
+
+
+def saliency_layer(ev: ModelEvidence) -> SaliencyLayer:
+    f, c = ev.fine, ev.cooccurrence
+    if f is not None:
+        return SaliencyLayer(f.layer, f.cam_hw, f.median_object_cells, f.overall, f.classes, f.cue_mass, f.cue_lift,
+                             True)
+    return SaliencyLayer(ev.feature_layer, ev.cam_hw, ev.median_object_cells, ev.overall, ev.classes, c.cue_mass,
+                         c.cue_lift, False)
+
+
+def resolution_limited(sal: SaliencyLayer, min_cells: float) -> str:
+    """Why saliency at ``sal`` cannot support a FAIL ("" when it can): too few cells per object."""
+    if not (math.isfinite(sal.cells) and sal.cells < min_cells and sal.cam_hw):
+        return ""
+    h, w = sal.cam_hw
+    return (f"resolution-limited: the {h}x{w} map at {sal.layer} gives the median object {sal.cells:.1f} feature "
+            f"cells (< {min_cells:g}); object and context cannot be told apart at this layer"
+            + ("" if sal.fine else ", audit a finer one (fine_layer)"))
+
+
 @register
 class BackgroundReliance(Check):
     """Grad-CAM mass on the labelled object, corrected for chance (object_lift, Arras et al. 2022)."""
@@ -184,26 +223,26 @@ class BackgroundReliance(Check):
     direction = "below"
 
     def findings(self, ev: ModelEvidence, ctx: CheckContext, pol: Any) -> list[Finding] | str:
-        if not ev.overall.object_lift.ok:
+        sal = saliency_layer(ev)
+        if not sal.overall.object_lift.ok:
             return "no image has an object annotation for its label, so mass on the object cannot be measured"
-        out = [Finding("model", "object_lift", ev.overall.object_lift, examples=ev.overall.worst,
-                       note=f"object share {ev.overall.object_share.fmt()} vs area {ev.overall.object_area.fmt()}")]
+        o = sal.overall
+        out = [Finding("model", "object_lift", o.object_lift, examples=o.worst,
+                       note=f"{sal.where}: object share {o.object_share.fmt()} vs area {o.object_area.fmt()}")]
         # A class can be recognised by the *absence* of other classes' features (the disk among
         # polygons: "no corners anywhere"), which Grad-CAM cannot localise on the object. Saliency of
         # one class alone therefore only warns; a model-level shortfall fails (CALIBRATION.md).
-        for c in ev.classes:
+        for c in sal.classes:
             out.append(Finding(f"class:{c.key}", "object_lift", c.object_lift, examples=c.worst, cap=WARN,
                                family="class", note="class-level saliency only warns"))
+        if sal.fine:
+            out.append(Finding("model", "object_lift", ev.overall.object_lift, judged=False,
+                               note=f"at the coarse feature layer {ev.feature_layer} (context: too coarse to judge)"))
         return out
 
     def cap(self, ev: ModelEvidence, ctx: CheckContext, pol: Any) -> tuple[str, str] | None:
-        cells = ev.median_object_cells
-        if math.isfinite(cells) and cells < pol.min_object_cells and ev.cam_hw:
-            h, w = ev.cam_hw
-            return WARN, (f"resolution-limited: the {h}x{w} map at {ev.feature_layer} gives the median object "
-                          f"{cells:.1f} feature cells (< {pol.min_object_cells:g}); object and context cannot be "
-                          "told apart at this layer, audit a finer one")
-        return None
+        why = resolution_limited(saliency_layer(ev), pol.min_object_cells)
+        return (WARN, why) if why else None
 
 
 @register
@@ -245,18 +284,20 @@ class CooccurrenceCue(Check):
         assoc = ", ".join(f"{k} -> {v}" for k, v in sorted(c.associations.items()))
         note = (f"associations {assoc}; aligned {c.acc_aligned.fmt(True)} vs conflicting "
                 f"{c.acc_conflicting.fmt(True)}")
-        cells = ev.median_object_cells
-        coarse = math.isfinite(cells) and cells < pol.min_object_cells
-        saliency = (f"CAM mass on the signalling object {c.cue_mass.fmt()} on cue-aligned images, chance-corrected "
-                    "for its area")
+        sal = saliency_layer(ev)
+        coarse = resolution_limited(sal, pol.min_object_cells)
+        saliency = (f"{sal.where}: CAM mass on the signalling object {sal.cue_mass.fmt()} on cue-aligned images, "
+                    "chance-corrected for its area")
         if coarse:
-            saliency += (f"; resolution-limited (median object {cells:.1f} feature cells < {pol.min_object_cells:g}): "
-                         "only warns, audit a finer layer")
+            saliency += f"; {coarse}: only warns"
         out = [
             Finding("model", "accuracy_gap", c.gap, note=note, examples=c.examples),
-            Finding("model", "cue_object_lift", c.cue_lift, warn=pol.saliency.warn, fail=pol.saliency.fail,
+            Finding("model", "cue_object_lift", sal.cue_lift, warn=pol.saliency.warn, fail=pol.saliency.fail,
                     cap=WARN if coarse else None, note=saliency),
         ]
+        if sal.fine:
+            out.append(Finding("model", "cue_object_lift", c.cue_lift, judged=False,
+                               note=f"at the coarse feature layer {ev.feature_layer} (context: too coarse to judge)"))
         if c.context.n:  # the causal test: remove the co-occurring objects vs same-size background patches
             x = c.context
             out.append(Finding("model", "context_gap", x.context_gap, examples=x.examples,

@@ -25,6 +25,7 @@ from pipeline.analysis.cues import (
     cooccurrence,
     counterfactual,
 )
+from pipeline.analysis.resolution import FineEvidence, fine_evidence
 from pipeline.analysis.stats import NAN, Estimate, median_ci
 
 ALL = "(all)"
@@ -65,6 +66,7 @@ class ModelEvidence:
     counterfactual: CounterfactualEvidence
     attributes: list[AttributeGap]
     run_ids: list[str] = field(default_factory=list)
+    fine: FineEvidence | None = None  # saliency at the finer layer audited beside a coarse one
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -143,6 +145,7 @@ def model_evidence(model: str, d: pd.DataFrame, so: StatOptions, attributes: lis
         counterfactual=cf,
         attributes=attribute_gaps(d, so, attributes),
         run_ids=sorted(d.run_id.dropna().unique().tolist()),
+        fine=fine_evidence(d, so, group_stats, cooccurrence, ALL),
     )
 
 

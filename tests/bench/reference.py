@@ -28,6 +28,7 @@ from pipeline.analysis.cues import (
 )
 from pipeline.analysis.evidence import ALL, GroupStats, ModelEvidence
 from pipeline.analysis.frame import ANALYSIS_COLUMNS, object_lift
+from pipeline.analysis.resolution import fine_evidence
 from pipeline.analysis.stats import NAN, median_ci, rate_diff_from_counts, rate_from_counts
 from pipeline.schema import map_to_dict, read_results
 
@@ -35,18 +36,21 @@ from pipeline.schema import map_to_dict, read_results
 def prepare_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Normalise types (maps -> dicts, nullable -> float) and add derived columns."""
     df = df.copy()
-    for col in ("other_shares", "other_areas", "attributes"):
+    for col in ("other_shares", "other_areas", "attributes", "fine_other_shares"):
         if col in df:
             df[col] = [map_to_dict(v) for v in df[col]]
-    for col in ("correct", "pointing_hit"):
+    for col in ("correct", "pointing_hit", "fine_pointing_hit"):
         if col in df:
             df[col] = df[col].map(lambda v: np.nan if v is None or v is pd.NA else float(v)).astype(float)
     for col in ("object_share", "object_area", "object_cells", "background_share", "pred_score", "target_score",
-                "cf_fill_score", "cf_rand_score", "cf_same_score", "cf_ctx_score", "cf_ctrl_score"):
+                "cf_fill_score", "cf_rand_score", "cf_same_score", "cf_ctx_score", "cf_ctrl_score", "fine_object_share",
+                "fine_object_cells", "fine_background_share"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     if "object_share" in df and "object_area" in df:
         df["object_lift"] = object_lift(df["object_share"], df["object_area"])
+    if "fine_object_share" in df and "object_area" in df:
+        df["fine_object_lift"] = object_lift(df["fine_object_share"], df["object_area"])
     if "error" in df:
         df["scored"] = df["error"].isna()
     return df
@@ -301,6 +305,7 @@ def model_evidence(model: str, d: pd.DataFrame, so: StatOptions, attributes: lis
         counterfactual=cf,
         attributes=attribute_gaps(d, so, attributes),
         run_ids=sorted(d.run_id.dropna().unique().tolist()),
+        fine=fine_evidence(d, so, group_stats, cooccurrence, ALL),
     )
 
 

@@ -151,3 +151,33 @@ def test_demo_command_exits_with_the_gates_code(demo_results, tmp_path):
     expected = 0 if evaluate(out).passed else 1
     assert expected == 1  # the biased models fail on purpose
     assert r.exit_code == expected, r.output
+
+
+def test_saliency_is_judged_at_the_finer_layer_when_the_automatic_one_is_coarse(demo_results, tmp_path):
+    """The automatic layer of the synthetic models (layer4, 4x4) gives the objects ~2.6 cells: the audit
+    adds layer3 (8x8) and background_reliance judges there, so the watermark-reading model fails on
+    saliency instead of only warning, and the fair one passes instead of warning."""
+    from cuebench.demo import CLASSES
+    from cuebench.train import train_cached
+    from pipeline.config import parse_config
+    from pipeline.run import ray_session, run_audit
+    from tests.conftest import CACHE
+
+    audit = CACHE / "data" / "watermark" / "audit" / "manifest.csv"
+    models = [{"spec": str(train_cached(CACHE / "models", "watermark", v, seed=0, classes=CLASSES) / "model.yaml"),
+               "name": f"watermark-{v}"} for v in ("biased", "fair")]  # the demo's models (cached)
+    raw = {"name": "fine", "output": str(tmp_path / "results"), "dataset": {"format": "manifest", "path": str(audit)},
+           "models": models, "execution": {"batch_size": 64}}
+    with ray_session(None, None):
+        s = run_audit(parse_config(raw, tmp_path / "fine.yaml"), progress=False)
+    assert {m.fine_layer for m in s.models.values()} == {"layer3"}, s.models
+    v = evaluate(tmp_path / "results")
+    for variant, want in (("biased", "FAIL"), ("fair", "PASS")):
+        m = _model(v, f"watermark-{variant}")
+        assert m.evidence.feature_layer == "layer4" and m.evidence.fine.layer == "layer3"
+        assert m.evidence.median_object_cells < 4 <= m.evidence.fine.median_object_cells
+        br = next(r for r in m.checks if r.check == "background_reliance")
+        assert br.status == want, (variant, br.message)
+        judged = [f for f in br.findings if f.scope == "model" and f.judged]
+        assert judged and "finer layer layer3" in judged[0].note
+
