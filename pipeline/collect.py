@@ -85,8 +85,9 @@ def worker_table(batch: Mapping[str, Any], *, run_id: str, model: str, fingerpri
         if k in batch:
             a = np.asarray(batch[k], dtype=np.float32)
             cols[k] = pa.array(a > 0.5, mask=~np.isfinite(a), type=pa.bool_())
-    if "cam" in batch:
-        cols["cam"] = _cam_array(np.asarray(batch["cam"], dtype=object))
+    for k in ("cam", "cam_other"):
+        if k in batch:
+            cols[k] = _cam_array(np.asarray(batch[k], dtype=object))
     if "view_box" in batch:
         cols["view_box"] = _rows_or_null(batch["view_box"], 4)
     if "bg_color" in batch:

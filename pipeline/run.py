@@ -38,6 +38,7 @@ from pipeline.collect import timings, worker_table
 from pipeline.config import LoadedConfig
 from pipeline.donors import assign_donors
 from pipeline.readers import read_manifest
+from pipeline.readers.base import mask_roots
 from pipeline.schema import ModelRun, PartWriter, RunRecord, new_run_id, scored_ids, write_run
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,13 @@ class RunSummary:
     seconds: float = 0.0
 
 
+NOT_FINGERPRINTED = ("both_maps",)  # what is stored besides the numbers, not how they are measured
+
+
 def audit_fingerprint(spec_fp: str, opts: Any) -> str:
     """Model fingerprint + everything about *how* it is audited that changes the numbers."""
-    blob = json.dumps({"spec": spec_fp, "opts": asdict(opts), "schema": 1}, sort_keys=True, default=str)
+    measured = {k: v for k, v in asdict(opts).items() if k not in NOT_FINGERPRINTED}
+    blob = json.dumps({"spec": spec_fp, "opts": measured, "schema": 1}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -98,6 +103,7 @@ def plan_models(loaded: LoadedConfig) -> list[ModelPlan]:
             counterfactual=cfg.counterfactual.enabled,
             fill=cfg.counterfactual.fill,
             compile=cfg.execution.compile,
+            both_maps=cfg.both_maps_when_wrong,
         )
         try:
             fp = audit_fingerprint(spec_fingerprint(spec), _fingerprinted(opts))
@@ -192,6 +198,7 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
         ver = "dev"
     record = RunRecord(run_id=run_id, name=cfg.name, started_at=datetime.now(UTC).isoformat(),
                        config=json.loads(cfg.model_dump_json()), dataset_roots=roots,
+                       mask_roots=mask_roots(manifest),
                        images=manifest.num_rows, cueaudit_version=ver)
     todo: dict[str, pa.Table] = {}
     for plan in plans:

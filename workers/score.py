@@ -34,7 +34,7 @@ RESULT_KEYS = (
     "image_h", "view_box", "object_share", "object_area", "object_cells", "pointing_hit", "background_share",
     "other_shares", "other_areas", "bg_color", "metric_note", "annotations", "attributes", "error", "error_kind",
     "scored_at", "cf_fill_pred", "cf_fill_score", "cf_rand_pred", "cf_rand_score", "cf_rand_donor",
-    "cf_same_pred", "cf_same_score", "cf_same_donor",
+    "cf_same_pred", "cf_same_score", "cf_same_donor", "cam_other",
 )  # fmt: skip
 
 COMPILED_PREFIX = "_orig_mod."
@@ -60,6 +60,7 @@ class ScoreOptions:
     counterfactual: bool = False
     fill: str = "mean"  # mean (the normalisation mean: a zero input) | gray | black
     compile: bool = False
+    both_maps: bool = False  # also store the map of the other class of (pred, label) where they differ
 
 
 def pick_device(want: str) -> torch.device:
@@ -232,6 +233,8 @@ class Scorer:
         pred_score, pred = probs.max(dim=1)
         tgt = res.targets if res.targets is not None else pred
         tgt_score = probs.gather(1, tgt.view(-1, 1)).squeeze(1)
+        other_rows, other_maps = self._other_maps(x, out["label_index"][ok], pred, tgt) if self.opts.both_maps \
+            else (np.zeros(0, np.int64), None)
 
         # Masks: (K_i, H, W) per image, padded to K = max K_i; mask 0 is the target when present.
         names = [json.loads(batch["mask_names"][i]) for i in ok]
@@ -303,6 +306,9 @@ class Scorer:
             g = json.loads(batch["geometry"][i])
             out["image_w"][i], out["image_h"][i] = g["src_w"], g["src_h"]
             out["view_box"][i] = g["box"]
+        if other_maps is not None:
+            for j, m in zip(other_rows.tolist(), other_maps.reshape(len(other_rows), -1).cpu().numpy(), strict=True):
+                out["cam_other"][ok[j]] = m.astype(np.float32).tobytes()
         for key, (p, s) in cf.items():
             p_np, s_np = p.cpu().numpy(), s.float().cpu().numpy()
             for j, i in enumerate(ok):
@@ -311,6 +317,20 @@ class Scorer:
                     out[f"cf_{key}_score"][i] = s_np[j]
                     if key != "fill":
                         out[f"cf_{key}_donor"][i] = batch[f"cf_{key}_id"][i]
+
+    def _other_maps(self, x: torch.Tensor, label_index: np.ndarray, pred: torch.Tensor,
+                    tgt: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Where prediction and label differ: the map of whichever of the two the CAM did not explain
+        (the label's under ``target: predicted``, the prediction's under ``target: label``).
+
+        Returns (row positions within the batch's scored rows, their maps ``(k, h, w)``, or None).
+        """
+        li = torch.as_tensor(label_index, dtype=torch.long, device=x.device)
+        rows = torch.nonzero((li >= 0) & (li != pred)).squeeze(1)
+        if rows.numel() == 0:
+            return np.zeros(0, np.int64), None
+        other = torch.where(tgt == pred, li, pred)[rows]
+        return rows.cpu().numpy(), self.cam(x[rows], targets=other).maps.float()
 
     def _counterfactuals(
         self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor, t: torch.Tensor,
@@ -360,7 +380,7 @@ def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         "other_shares": obj(), "other_areas": obj(),
         "pred_score": nan(), "target_score": nan(), "correct": nan(), "pointing_hit": nan(),
         "object_share": nan(), "object_area": nan(), "object_cells": nan(), "background_share": nan(),
-        "cam": obj(), "cam_h": np.zeros(n, np.int16), "cam_w": np.zeros(n, np.int16),
+        "cam": obj(), "cam_other": obj(), "cam_h": np.zeros(n, np.int16), "cam_w": np.zeros(n, np.int16),
         "input_h": np.zeros(n, np.int16), "input_w": np.zeros(n, np.int16),
         "image_w": neg(), "image_h": neg(),
         "view_box": np.full((n, 4), np.nan, np.float32), "bg_color": np.full((n, 3), np.nan, np.float32),

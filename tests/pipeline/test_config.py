@@ -89,3 +89,17 @@ def test_imagenet_and_file_classes(tmp_path):
     a, b = load_config(_write(tmp_path, cfg)).model_specs()
     assert len(a.classes) == 1000 and a.classes[0] == "tench"
     assert b.classes == ("x", "y")
+
+
+def test_both_maps_is_stored_but_not_fingerprinted(tmp_path):
+    from pipeline.run import plan_models
+
+    tiny = {"name": "tiny", "source": "python:tests.factories:tiny_cnn", "num_classes": 3}
+    cfg = {**BASE, "models": [tiny]}
+    (off,) = plan_models(load_config(_write(tmp_path, cfg)))
+    (on,) = plan_models(load_config(_write(tmp_path, {**cfg, "both_maps_when_wrong": True})))
+    assert (off.opts.both_maps, on.opts.both_maps) == (False, True)
+    # storing a second map changes no number: results scored either way stay current
+    assert on.fingerprint == off.fingerprint
+    (label,) = plan_models(load_config(_write(tmp_path, {**cfg, "target": "label"})))
+    assert label.fingerprint != off.fingerprint

@@ -71,6 +71,8 @@ def test_every_reader_end_to_end(ray_local, synth, tmp_path, fmt):
         assert any(r["other_shares"] for r in rows)
     (run,) = read_runs(loaded.output)
     assert run.status == "finished" and run.models["tiny"].scored == 30 and run.models["tiny"].feature_layer == "features"
+    # the folders of the mask files read (the folder layout's masks/<class>/; the others have none)
+    assert run.mask_roots == ([str(d) for d in sorted((synth / "masks").iterdir())] if fmt == "folder" else [])
 
 
 def _coco_to_voc(synth: Path, tmp_path: Path) -> Path:
