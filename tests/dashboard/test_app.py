@@ -276,6 +276,13 @@ def test_explorer_refuses_images_outside_the_dataset_root(monkeypatch, fake_resu
         assert "Image not shown" in warn and "outside the audited dataset roots" in warn, warn
 
 
+def test_mask_files_beside_the_images_are_outlined(monkeypatch, fake_results):
+    # disk_003's object is a mask file in masks/ beside the image root (fakes: i % 4 == 3)
+    at = run(monkeypatch, fake_results.root, "Image explorer", explorer_selected="disk/disk_003.png")
+    notes = texts(at.caption)
+    assert "outline not drawn" not in notes and "disk/disk_003.png" in texts(at.subheader)
+
+
 def test_overlay_colormap_and_opacity_are_sidebar_controls(monkeypatch, fake_results):
     at = run(monkeypatch, fake_results.root, "Image explorer")
     assert at.radio(key="overlay_cmap").value == "viridis" and at.slider(key="overlay_alpha").value == 0.5
