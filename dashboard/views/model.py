@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard import data
 from dashboard.views.common import Ctx, badge, model_picker, style_status
 from dashboard.views.review import finding_review_form
-from pipeline.triage import TITLES
+from pipeline.triage import TITLES, mark_state
 
 
 def render(ctx: Ctx) -> None:
@@ -54,12 +54,14 @@ def _checks(ctx: Ctx, mv) -> None:
             st.markdown(f"{badge(r.status)} `{r.check}`: {r.message or '-'}")
             st.caption(f"statistic {r.statistic}; flags when {r.direction} warn {r.warn:g} / fail {r.fail:g} "
                        f"(whole CI beyond); severity {r.severity}")
-            state = finding_review_form(ctx, mv.model, fp, r, dec) if fp else None
+            state = mark_state(dec, mv.model, fp, kind="finding")
             if r.findings:
                 f = pd.DataFrame([{"scope": x.scope, "statistic": x.statistic, "estimate": x.estimate.fmt(),
-                                   "status": x.status, "note": x.note,
-                                   "review": _review_of(state, f"{r.check}/{x.scope}")} for x in r.findings])
+                                   "status": x.status, "review": _review_of(state, f"{r.check}/{x.scope}"),
+                                   "note": x.note} for x in r.findings])
                 st.dataframe(style_status(f, ["status"]), hide_index=True, width="stretch")
+            if fp:
+                finding_review_form(ctx, mv.model, fp, r, state)
             ids = data.check_images([r]).get(r.check, [])
             if ids:
                 st.markdown("Example images: " + ", ".join(f"`{x}`" for x in ids[:12]))

@@ -18,7 +18,6 @@ from pipeline.triage import (
     ReviewError,
     ReviewStore,
     default_reviewer,
-    mark_state,
     summarise,
 )
 
@@ -68,7 +67,7 @@ def _standing(state: pd.DataFrame, subject: str) -> str:
 
 
 def _form(ctx: Ctx, kind: str, model: str, subject: str, fingerprint: str, prefix: str) -> None:
-    c1, c2, c3 = st.columns([3, 3, 1])
+    c1, c2, c3 = st.columns([4, 3, 1])
     c1.radio("Decision", CHOICES, key=f"{prefix}_decision", horizontal=True,
              format_func=lambda d: "clear" if d == CLEAR else TITLES[d])
     c2.text_input("Note", key=f"{prefix}_note", placeholder="why (needed for 'note')")
@@ -83,9 +82,9 @@ def image_review_form(ctx: Ctx, model: str, image_id: str, fingerprint: str, sta
     _form(ctx, "image", model, image_id, fingerprint, "review")
 
 
-def finding_review_form(ctx: Ctx, model: str, fingerprint: str, check: Any, dec: pd.DataFrame) -> pd.DataFrame:
-    """A check's review form (the whole check or one finding); returns the findings' standing decisions."""
-    state = mark_state(dec, model, fingerprint, kind="finding")
+def finding_review_form(ctx: Ctx, model: str, fingerprint: str, check: Any, state: pd.DataFrame) -> None:
+    """A check's review form (the whole check or one finding); ``state`` is
+    :func:`pipeline.triage.mark_state` of the model's findings."""
     subjects = [check.check, *[f"{check.check}/{f.scope}" for f in check.findings]]
     key = f"finding_{check.check}"
     if st.session_state.get(f"{key}_subject") not in subjects:
@@ -94,7 +93,6 @@ def finding_review_form(ctx: Ctx, model: str, fingerprint: str, check: Any, dec:
                        format_func=lambda s: "the whole check" if "/" not in s else f"finding {s.split('/', 1)[1]}")
     st.markdown(f"`{sub}`: {_standing(state, sub)}")
     _form(ctx, "finding", model, sub, fingerprint, key)
-    return state
 
 
 def render(ctx: Ctx) -> None:

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.schema import ModelRun, PartWriter, RunRecord, conform, new_run_id, write_run
 from common.annotations import ObjectAnn, dumps
+from pipeline.schema import ModelRun, PartWriter, RunRecord, conform, new_run_id, write_run
 
 CLASSES = ("disk", "square", "triangle")
 BG = {"disk": (200, 70, 60), "square": (70, 170, 80), "triangle": (60, 80, 200)}
