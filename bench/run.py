@@ -5,7 +5,8 @@ Sections (``--only`` picks some, in this order):
 - ``engine``: Grad-CAM engine vs a plain forward vs pytorch-grad-cam (:mod:`bench.engine`);
 - ``e2e``: ``cueaudit run`` from JPEG files to Parquet, and where the time goes (:mod:`bench.e2e`);
 - ``scale``: peak memory of driver and workers at 2,000 vs 20,000 images (:mod:`bench.scale`);
-- ``aggregate``: reading, analysing and gating a million result rows (:mod:`bench.aggregate`).
+- ``aggregate``: reading, analysing and gating a million result rows (:mod:`bench.aggregate`);
+- ``explorer``: the dashboard's filters, sort, paging and exports over them (:mod:`bench.explorer`).
 
 Each section is a table plus a few sentences read off the numbers, misses against the targets
 included. ``--quick`` runs every section at a toy size (a smoke test of the harness, not a
@@ -33,7 +34,7 @@ from typing import Any
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("engine", "e2e", "scale", "aggregate")
+SECTIONS = ("engine", "e2e", "scale", "aggregate", "explorer")
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,12 @@ class Sizes:
     e2e_batch: int = 32
     scale_sizes: tuple[int, ...] = (2000, 20000)
     aggregate_rows: int = 1_000_000
+    explorer_rows: int = 1_000_000
 
 
 FULL = Sizes()
 QUICK = Sizes(engine_models=("resnet18",), engine_batch=4, engine_size=112, engine_repeats=1, e2e_images=48,
-              e2e_batch=16, scale_sizes=(100, 400), aggregate_rows=20_000)
+              e2e_batch=16, scale_sizes=(100, 400), aggregate_rows=20_000, explorer_rows=20_000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +136,8 @@ def header(m: dict[str, Any], load_start: tuple[float, ...], load_end: tuple[flo
         (f"- **Sizes:** engine {'/'.join(sizes.engine_models)} at {sizes.engine_size}px, "
          f"batch {sizes.engine_batch}, {sizes.engine_repeats} timed repeats after one warm-up; "
          f"e2e {sizes.e2e_images:,} JPEGs; scale "
-         f"{' vs '.join(f'{n:,}' for n in sizes.scale_sizes)} images; aggregate {sizes.aggregate_rows:,} rows"),
+         f"{' vs '.join(f'{n:,}' for n in sizes.scale_sizes)} images; aggregate {sizes.aggregate_rows:,} rows; "
+         f"explorer {sizes.explorer_rows:,} rows"),
     ]
     return "\n".join(lines)
 
@@ -314,11 +317,20 @@ def interpret_aggregate(res: dict[str, Any]) -> str:
     return s
 
 
+def section_explorer(sizes: Sizes, cache: Path, ctx: dict[str, Any]) -> str:
+    from bench import explorer
+
+    res = explorer.run_explorer_bench(sizes.explorer_rows, cache=cache)
+    ctx["explorer"] = res
+    return explorer.render_markdown(res) + "\n\n" + explorer.interpret(res)
+
+
 RUNNERS: dict[str, tuple[str, Callable[[Sizes, Path, dict[str, Any]], str]]] = {
     "engine": ("1. Engine: Grad-CAM vs plain forward vs pytorch-grad-cam", section_engine),
     "e2e": ("2. End to end: JPEG files -> `cueaudit run` -> Parquet", section_e2e),
     "scale": ("3. Scale: peak memory at 2,000 vs 20,000 images", section_scale),
     "aggregate": ("4. Aggregation: a million result rows -> frame -> gate", section_aggregate),
+    "explorer": ("5. Dashboard explorer: filter, sort, page and export a million rows", section_explorer),
 }
 
 

@@ -95,25 +95,6 @@ def default_reviewer() -> str:
         return ""
 
 
-@dataclass(frozen=True)
-class Decision:
-    """One row of the log."""
-
-    id: int
-    kind: str
-    model: str
-    subject: str
-    fingerprint: str
-    decision: str
-    note: str
-    reviewer: str
-    decided_at: str
-
-    @property
-    def title(self) -> str:
-        return TITLES.get(self.decision, self.decision)
-
-
 def _is_busy(e: sqlite3.OperationalError) -> bool:
     msg = str(e).lower()
     return "locked" in msg or "busy" in msg
@@ -179,8 +160,11 @@ class ReviewStore:
                 with closing(self._connect(False)) as con:
                     return fn(con)
             except sqlite3.OperationalError as e:
-                if not _is_busy(e) or attempt == RETRIES:
+                if not _is_busy(e):
                     raise
+                if attempt == RETRIES:
+                    raise ReviewError(f"review database {str(self.path)!r} stayed locked by another writer "
+                                      f"through {RETRIES} retries: {e}") from e
                 log.info("review database %s busy (%s); retry %d", self.path, e, attempt + 1)
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
