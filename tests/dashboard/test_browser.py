@@ -72,6 +72,7 @@ def _settle(page) -> None:
 
 def _shot(page, path: Path) -> None:
     """Screenshot the whole page: Streamlit scrolls inside its main block, so grow the viewport to it."""
+    page.evaluate("() => (document.querySelector('[data-testid=stMain]') || document.body).scrollTo(0, 0)")
     h = page.evaluate("() => (document.querySelector('[data-testid=stMain]') || document.body).scrollHeight")
     page.set_viewport_size({"width": 1400, "height": max(900, min(int(h) + 40, 8000))})
     page.wait_for_timeout(800)
