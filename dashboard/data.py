@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import streamlit as st
@@ -319,19 +320,58 @@ def row_key(row: Any) -> Key:
     return (str(row["image_id"]), str(row["run_id"]), str(row["model_fingerprint"]))
 
 
-def fetch_details(root: str | os.PathLike[str], model: str, keys: Sequence[Key]) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class Locations:
+    """Which part files hold which image ids, so the CAMs of a page are read from those files only.
+
+    Ids are kept as 64-bit hashes (sorted): 12 bytes a row instead of the strings. A hash collision
+    only adds a file to read; the rows themselves are still matched on the exact image id.
+    """
+
+    files: tuple[str, ...]
+    hashes: np.ndarray  # (n,) uint64, sorted
+    file_of: np.ndarray  # (n,) int32 index into files
+
+    def files_for(self, image_ids: Sequence[str]) -> list[str]:
+        h = _hash(pa.array(list(image_ids), pa.string()))
+        lo, hi = np.searchsorted(self.hashes, h, "left"), np.searchsorted(self.hashes, h, "right")
+        found = {int(i) for a, b in zip(lo, hi, strict=True) for i in self.file_of[a:b]}
+        return [self.files[i] for i in sorted(found)]
+
+
+def _hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return pd.util.hash_pandas_object(ids.to_pandas(), index=False).to_numpy()
+
+
+def locate(root: str | os.PathLike[str], model: str) -> Locations:
+    """Scan the model's part files for (image id, file): one pass over the image_id column."""
+    files = [str(f) for f in part_files(root, [model])]
+    t = pads.dataset(files, schema=RESULT_SCHEMA, format="parquet").to_table(columns=["image_id", "__filename"])
+    enc = pc.dictionary_encode(t.column("__filename")).combine_chunks()
+    at = {f: i for i, f in enumerate(files)}
+    which = np.array([at[f] for f in enc.dictionary.to_pylist()], dtype=np.int32)
+    h = _hash(t.column("image_id"))
+    order = np.argsort(h, kind="stable")
+    return Locations(tuple(files), h[order], which[enc.indices.to_numpy()][order])
+
+
+def fetch_details(root: str | os.PathLike[str], model: str, keys: Sequence[Key],
+                  where: Locations | None = None) -> dict[str, dict[str, Any]]:
     """image_id -> the stored row (CAM, view box, annotations, sizes) for exactly these keys.
 
-    Reads only the part files of the keys' runs (``part-<run_id>-*``) and only rows whose image_id
-    is asked for, so the CAM column of a million-row result set is never loaded whole.
+    Reads only the part files of the keys' runs (``part-<run_id>-*``), with ``where`` only those
+    holding the asked ids, and only rows whose image_id is asked for, so the CAM column of a
+    million-row result set is never loaded whole.
     """
     if not keys:
         return {}
-    files = part_files(root, [model])
+    ids = sorted({k[0] for k in keys})
+    files = [Path(f) for f in where.files_for(ids)] if where is not None else part_files(root, [model])
     run_ids = {k[1] for k in keys}
     mine = [f for f in files if any(f.name.startswith(f"part-{r}-") for r in run_ids)]
+    if not mine and where is not None:  # written after the locations were taken: look everywhere
+        return fetch_details(root, model, keys)
     ds = pads.dataset([str(f) for f in (mine or files)], schema=RESULT_SCHEMA, format="parquet")
-    ids = sorted({k[0] for k in keys})
     flt = (pc.field("model") == model) & pc.field("image_id").isin(ids)
     want = set(keys)
     best: dict[str, dict[str, Any]] = {}
@@ -524,9 +564,14 @@ def cached_pairs(root: str, ver: str, as_of_a: str | None, model_a: str, as_of_b
     return paired_images(fa[fa.model == model_a], fb[fb.model == model_b])
 
 
+@st.cache_resource(show_spinner="Indexing the part files…", max_entries=8)
+def cached_locations(root: str, ver: str, model: str) -> Locations:
+    return locate(root, model)
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def cached_details(root: str, ver: str, model: str, keys: tuple[Key, ...]) -> dict[str, dict[str, Any]]:
-    return fetch_details(root, model, keys)
+    return fetch_details(root, model, keys, cached_locations(root, ver, model))
 
 
 @st.cache_data(show_spinner="Analysing…", max_entries=16)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 NUMERIC = {  # column -> title (range sliders and sort keys)
     "object_share": "object share",
@@ -95,8 +97,8 @@ class ModelView:
         """Integer codes ordering like the column's strings (computed once: sorting by image id)."""
         if column not in self._codes:
             s = self.cols[column]
-            cat = s.cat if isinstance(s.dtype, pd.CategoricalDtype) else _category(s.to_numpy(dtype=object))
-            self._codes[column] = np.asarray(cat.codes, dtype=np.float64)
+            self._codes[column] = (np.asarray(s.cat.codes, dtype=np.float64)
+                                   if isinstance(s.dtype, pd.CategoricalDtype) else _sort_codes(s))
         return self._codes[column]
 
     def __len__(self) -> int:
@@ -124,40 +126,78 @@ class ModelView:
         return [c for c in cands if self.cols[c].nunique(dropna=False) > 1]
 
 
-def _category(values: np.ndarray | pd.Series) -> pd.Categorical:
-    s = pd.Series(values, dtype=object)
-    return pd.Categorical(s.where(s.notna(), NONE).astype(str))
+def _arrow(values: pd.Series | np.ndarray) -> pa.Array:
+    arr = pa.array(values, from_pandas=True)
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def _category(values: pd.Series | np.ndarray) -> pd.Categorical:
+    """Strings -> a categorical with sorted categories (codes order like the strings); missing -> ``(none)``.
+
+    Dictionary-encoded in Arrow: no Python object per row (pandas' string columns are Arrow already).
+    """
+    arr = _arrow(values)
+    if not pa.types.is_string(arr.type):
+        arr = pc.cast(arr, pa.string())
+    enc = pc.dictionary_encode(arr)
+    names = enc.dictionary.to_pylist()
+    idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    missing = idx < 0
+    cats = sorted({*names, NONE} if missing.any() else names)
+    at = {c: i for i, c in enumerate(cats)}
+    remap = np.array([at[n] for n in names], dtype=np.int64)
+    codes = np.where(missing, at.get(NONE, -1), remap[np.maximum(idx, 0)] if len(names) else -1)
+    return pd.Categorical.from_codes(codes, categories=cats)
+
+
+def _sort_codes(values: pd.Series | np.ndarray) -> np.ndarray:
+    """The rank of each string among the distinct values (NaN where missing), sorted in Arrow."""
+    enc = pc.dictionary_encode(_arrow(values))
+    idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    order = pc.array_sort_indices(enc.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.float64)
+    rank[order] = np.arange(len(order))
+    return np.where(idx < 0, np.nan, rank[np.maximum(idx, 0)] if len(order) else np.nan)
+
+
+def _flips(cf: pd.Series, pred: pd.Series) -> pd.Categorical:
+    a, b = _arrow(cf), _arrow(pred)
+    missing = pc.or_(pc.is_null(a), pc.is_null(b)).to_numpy(zero_copy_only=False)
+    flipped = pc.fill_null(pc.not_equal(a, b), False).to_numpy(zero_copy_only=False)
+    return pd.Categorical.from_codes(np.where(missing, 2, np.where(flipped, 0, 1)),
+                                     categories=[FLIPPED, KEPT, NOT_COMPUTED])
 
 
 def model_view(frame: pd.DataFrame, model: str) -> ModelView:
     """Build the :class:`ModelView` of ``model`` (the frame is :func:`pipeline.analysis.frame.load_frame`'s)."""
     pos = np.flatnonzero((frame["model"] == model).to_numpy())
-    d = frame.iloc[pos]
-    cols: dict[str, object] = {"image_id": d["image_id"].to_numpy(dtype=object)}
-    cols["scored"] = d["scored"].to_numpy(dtype=bool) if "scored" in d else d["error"].isna().to_numpy()
-    cols["correct"] = d["correct"].to_numpy(dtype=float)
+    every = len(pos) == len(frame)
+
+    def col(name: str) -> pd.Series:
+        s = frame[name]
+        return s.reset_index(drop=True) if every else s.iloc[pos].reset_index(drop=True)
+
+    cols: dict[str, object] = {"image_id": col("image_id")}
+    cols["scored"] = col("scored").to_numpy(dtype=bool) if "scored" in frame else col("error").isna().to_numpy()
+    cols["correct"] = col("correct").to_numpy(dtype=float)
     for c in NUMERIC:
-        if c in d:
-            cols[c] = d[c].to_numpy(dtype=float)
+        if c in frame:
+            cols[c] = col(c).to_numpy(dtype=float)
     for c in CATEGORICAL:
-        if c in d:
-            cols[c] = _category(d[c].to_numpy(dtype=object))
-    pred = d["pred"].to_numpy(dtype=object)
+        if c in frame:
+            cols[c] = _category(col(c))
+    pred = col("pred")
     for flip, src in FLIPS.items():
-        if src not in d:
-            continue
-        cf = d[src].to_numpy(dtype=object)
-        missing = pd.isna(cf) | pd.isna(pred)
-        out = np.where(missing, NOT_COMPUTED, np.where(cf != pred, FLIPPED, KEPT))
-        cols[flip] = pd.Categorical(out, categories=[FLIPPED, KEPT, NOT_COMPUTED])
+        if src in frame:
+            cols[flip] = _flips(col(src), pred)
     attrs: list[str] = []
-    if "attributes" in d:
-        maps = d["attributes"].to_numpy(dtype=object)
+    if "attributes" in frame:
+        maps = col("attributes").to_numpy(dtype=object)
         keys = sorted({k for m in maps if m for k in m})
         for k in keys:
             cols[ATTR + k] = _category(np.array([m.get(k) if m else None for m in maps], dtype=object))
         attrs = keys
-    fps = d["model_fingerprint"].value_counts() if "model_fingerprint" in d else pd.Series(dtype=int)
+    fps = col("model_fingerprint").value_counts() if "model_fingerprint" in frame else pd.Series(dtype=int)
     return ModelView(model, pos, pd.DataFrame(cols), attrs, str(fps.index[0]) if len(fps) else "")
 
 
@@ -199,9 +239,8 @@ def _order(view: ModelView, idx: np.ndarray, key: str, descending: bool) -> np.n
         v = c[key].to_numpy(dtype=np.float64)[idx]
     else:
         raise KeyError(f"explorer sort key {key!r} is not one of {[*SORT_TEXT, *NUMERIC]}")
-    missing = ~np.isfinite(v)
-    v = np.where(missing, 0.0, -v if descending else v)
-    return np.lexsort((v, missing))  # missing last; lexsort is stable
+    v = np.where(np.isfinite(v), -v if descending else v, np.inf)  # missing last either way
+    return np.argsort(v, kind="stable")
 
 
 def review_filter(frame: pd.DataFrame, order: np.ndarray, marked: Mapping[str, Sequence[str]],
@@ -213,7 +252,7 @@ def review_filter(frame: pd.DataFrame, order: np.ndarray, marked: Mapping[str, S
     """
     if not wanted:
         return order
-    ids = pd.Series(frame["image_id"].to_numpy(dtype=object)[order])
+    ids = frame["image_id"].take(order)
     any_mark = np.zeros(len(order), dtype=bool)
     keep = np.zeros(len(order), dtype=bool)
     for state, members in marked.items():

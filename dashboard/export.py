@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from PIL import Image
 
 from dashboard.explore import FLIPS, Filters, ModelView, model_view, select
@@ -77,7 +79,7 @@ def table(frame: pd.DataFrame, view: ModelView, order: np.ndarray,
     ``review`` is :func:`pipeline.triage.mark_state` for the model's current fingerprint (indexed by
     image id); it adds ``review`` and ``review_note``.
     """
-    d = frame.iloc[order]
+    d = frame[[c for c in (*TABLE_COLUMNS, *JSON_COLUMNS) if c in frame.columns]].take(order)
     out = d[[c for c in TABLE_COLUMNS if c in d.columns]].reset_index(drop=True)
     for c in ("correct", "pointing_hit"):
         if c in out:
@@ -97,7 +99,10 @@ def table(frame: pd.DataFrame, view: ModelView, order: np.ndarray,
 
 
 def to_csv(df: pd.DataFrame) -> bytes:
-    return df.to_csv(index=False).encode()
+    """CSV written by Arrow (several times faster than pandas' writer at a few hundred thousand rows)."""
+    buf = io.BytesIO()
+    pacsv.write_csv(pa.Table.from_pandas(df, preserve_index=False), buf)
+    return buf.getvalue()
 
 
 def to_parquet(df: pd.DataFrame) -> bytes:

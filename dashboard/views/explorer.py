@@ -155,7 +155,7 @@ def _open_any(ctx: Ctx, model: str, view: ModelView, frame: pd.DataFrame, state:
     chosen = st.selectbox("Open image", options, key="explorer_selected")
     if chosen == NONE:
         return
-    hit = np.flatnonzero(view.cols["image_id"].to_numpy() == chosen)
+    hit = np.flatnonzero((view.cols["image_id"] == chosen).to_numpy())
     if not len(hit):
         st.warning(f"`{chosen}` is not an image of `{model}`.")
         return
@@ -190,7 +190,8 @@ def _exports(ctx: Ctx, model: str, view: ModelView, frame: pd.DataFrame, order: 
             flips = export.table(frame, view, order)[[c for c in view.cols if c.endswith("_flip")]]
             rows = pd.concat([rows, flips], axis=1)
             return export.fiftyone_zip(
-                rows, lambda ch: data.fetch_details(ctx.root, model, [data.row_key(r) for _, r in ch.iterrows()]),
+                rows, lambda ch: data.fetch_details(ctx.root, model, [data.row_key(r) for _, r in ch.iterrows()],
+                                                    data.cached_locations(ctx.root, ctx.ver, model)),
                 ctx.roots, state, name)
 
         c4.download_button("FiftyOne", fo_zip, file_name=f"{name}-fiftyone.zip", mime="application/zip",

@@ -58,6 +58,11 @@ def test_fetch_details_reads_only_the_asked_rows(fake_results, frame):
         assert (r["run_id"], r["model_fingerprint"]) == (k[1], k[2])  # the current fingerprint's row
         assert len(r["cam"]) == r["cam_h"] * r["cam_w"] == 16 and r["view_box"] == [8.0, 0.0, 40.0, 32.0]
     assert data.fetch_details(fake_results.root, PASSING, []) == {}
+    where = data.locate(fake_results.root, PASSING)
+    assert len(where.files) == 2 and len(where.hashes) == 2 * 92 + 3  # two runs' parts, every stored row
+    assert data.fetch_details(fake_results.root, PASSING, keys, where) == rows  # the same rows, fewer files read
+    assert len(where.files_for([k[0] for k in keys])) == 2  # both runs scored these images
+    assert where.files_for(["not an image"]) == []
 
 
 def test_class_table_is_coloured_by_the_class_findings(verdict):
