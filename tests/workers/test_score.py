@@ -169,13 +169,16 @@ def test_compiled_model_gives_the_same_maps_and_layer_names(batch):
                                np.frombuffer(plain["cam"][0], np.float32), atol=1e-6)
 
 
+def _noise_images(tmp_path, n: int, seed: int) -> list[dict]:
+    """``n`` random 32x32 PNGs as manifest rows labelled ``a``."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    return [{"image_id": str(i), "path": str(tmp_path / f"{i}.png"), "label": "a", "objects": None} for i in range(n)]
+
+
 def test_both_maps_store_the_other_classs_map_where_pred_and_label_differ(tmp_path):
-    rng = np.random.default_rng(1)
-    rows = []
-    for i in range(6):
-        p = tmp_path / f"{i}.png"
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(p)
-        rows.append({"image_id": str(i), "path": str(p), "label": "a", "objects": None})
+    rows = _noise_images(tmp_path, 6, seed=1)
     prepared = prepare_batch(_manifest(tmp_path, rows), PrepareOptions(PRE))
     preds = Scorer(SPEC, ScoreOptions())(prepared)["pred"]
     classes = list(SPEC.classes)
