@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from pipeline.schema import MANIFEST_SCHEMA
 from common.annotations import ObjectAnn, dumps
 from common.registry import Registry
+from pipeline.schema import MANIFEST_SCHEMA
 
 log = logging.getLogger(__name__)
 
