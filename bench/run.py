@@ -7,6 +7,7 @@ Sections (``--only`` picks some, in this order):
 - ``scale``: peak memory of driver and workers at 2,000 vs 20,000 images (:mod:`bench.scale`);
 - ``aggregate``: reading, analysing and gating a million result rows (:mod:`bench.aggregate`);
 - ``storage``: the same audit from local files vs an S3-compatible server (:mod:`bench.storage`).
+- ``explorer``: the dashboard's filters, sort, paging and exports over them (:mod:`bench.explorer`).
 
 Each section is a table plus a few sentences read off the numbers, misses against the targets
 included. ``--quick`` runs every section at a toy size (a smoke test of the harness, not a
@@ -34,7 +35,7 @@ from typing import Any
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("engine", "e2e", "scale", "aggregate", "storage")
+SECTIONS = ("engine", "e2e", "scale", "aggregate", "storage", "explorer")
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,12 @@ class Sizes:
     scale_sizes: tuple[int, ...] = (2000, 20000)
     aggregate_rows: int = 1_000_000
     storage_images: int = 1024
+    explorer_rows: int = 1_000_000
 
 
 FULL = Sizes()
 QUICK = Sizes(engine_models=("resnet18",), engine_batch=4, engine_size=112, engine_repeats=1, e2e_images=48,
-              e2e_batch=16, scale_sizes=(100, 400), aggregate_rows=20_000, storage_images=48)
+              e2e_batch=16, scale_sizes=(100, 400), aggregate_rows=20_000, storage_images=48, explorer_rows=20_000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +139,7 @@ def header(m: dict[str, Any], load_start: tuple[float, ...], load_end: tuple[flo
          f"batch {sizes.engine_batch}, {sizes.engine_repeats} timed repeats after one warm-up; "
          f"e2e {sizes.e2e_images:,} JPEGs; scale "
          f"{' vs '.join(f'{n:,}' for n in sizes.scale_sizes)} images; aggregate {sizes.aggregate_rows:,} rows; "
-         f"storage {sizes.storage_images:,} JPEGs"),
+         f"storage {sizes.storage_images:,} JPEGs; explorer {sizes.explorer_rows:,} rows"),
     ]
     return "\n".join(lines)
 
@@ -343,12 +345,21 @@ def interpret_storage(res: dict[str, Any]) -> str:
                 "against a slow local server; a real object store over a network has other latencies.")
 
 
+def section_explorer(sizes: Sizes, cache: Path, ctx: dict[str, Any]) -> str:
+    from bench import explorer
+
+    res = explorer.run_explorer_bench(sizes.explorer_rows, cache=cache)
+    ctx["explorer"] = res
+    return explorer.render_markdown(res) + "\n\n" + explorer.interpret(res)
+
+
 RUNNERS: dict[str, tuple[str, Callable[[Sizes, Path, dict[str, Any]], str]]] = {
     "engine": ("1. Engine: Grad-CAM vs plain forward vs pytorch-grad-cam", section_engine),
     "e2e": ("2. End to end: JPEG files -> `cueaudit run` -> Parquet", section_e2e),
     "scale": ("3. Scale: peak memory at 2,000 vs 20,000 images", section_scale),
     "aggregate": ("4. Aggregation: a million result rows -> frame -> gate", section_aggregate),
     "storage": ("5. Storage: the dataset on local disk vs on an S3-compatible server", section_storage),
+    "explorer": ("6. Dashboard explorer: filter, sort, page and export a million rows", section_explorer),
 }
 
 

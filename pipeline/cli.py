@@ -103,12 +103,15 @@ def gate(
     junit: Annotated[Path | None, typer.Option(help="write JUnit XML (one testcase per check)")] = None,
     markdown: Annotated[Path | None, typer.Option(help="write a Markdown summary (for pull requests)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only the verdict table")] = False,
+    review_db: Annotated[Path | None, typer.Option(
+        help="reviewers' decisions to report (default: $CUEAUDIT_REVIEW_DB, else RESULTS/_review.sqlite)")] = None,
 ) -> None:
     """Judge RESULTS against the policy: exit 0 if every model passes, 1 if a check fails, 2 on bad input."""
     from pipeline.config import ConfigError, load_policy
-    from pipeline.gate import evaluate, write_json, write_junit, write_markdown
+    from pipeline.gate import attach_review, evaluate, write_json, write_junit, write_markdown
     from pipeline.report import print_report
     from pipeline.schema import ResultsError
+    from pipeline.triage import ReviewError
 
     try:
         pol = load_policy(policy)
@@ -116,7 +119,16 @@ def gate(
     except (ConfigError, ResultsError) as e:
         _fail(str(e))
         return
+    if review_db is not None and not review_db.is_file():
+        _fail(f"review database {str(review_db)!r} does not exist")
+    try:
+        attach_review(verdict, results, review_db)
+    except ReviewError as e:
+        err_console.print(f"[yellow]warning:[/] {e}; the verdict is reported without review", highlight=False)
     print_report(verdict, console, detail=not quiet)
+    for name, r in (verdict.review or {}).items():
+        if not r.empty:
+            console.print(f"review of {name}: {r.sentence()}", highlight=False)
     for path, write in ((json_out, write_json), (junit, write_junit), (markdown, write_markdown)):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +313,9 @@ def dashboard(
     policy: Annotated[Path | None, typer.Option(help="gate.yaml for the verdicts (default built-in)")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="until RESULTS holds results, serve a 'waiting for "
                                                       "results' page instead of exiting (containers)")] = False,
+    review_db: Annotated[Path | None, typer.Option(
+        help="where reviewers' decisions are kept (default: $CUEAUDIT_REVIEW_DB, else RESULTS/_review.sqlite, or a per-URI file in ~/.cache/cueaudit/review for object-store results; "
+             "set it for results on a read-only location)")] = None,
 ) -> None:
     """Browse RESULTS in the Streamlit dashboard (needs the `dashboard` extra); runs until interrupted."""
     import importlib.util
@@ -340,6 +355,8 @@ def dashboard(
     # (an editable install made before dashboard/__init__.py existed maps it as a namespace package).
     path = [str(pkg.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    if review_db is not None:
+        env["CUEAUDIT_REVIEW_DB"] = str(review_db.expanduser().resolve())
     console.print(f"cueaudit dashboard: http://{host}:{port}  (results {root.resolve()})")
     sys.stdout.flush()
     sys.stderr.flush()

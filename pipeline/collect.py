@@ -87,7 +87,7 @@ def worker_table(batch: Mapping[str, Any], *, run_id: str, model: str, fingerpri
         if k in batch:
             a = np.asarray(batch[k], dtype=np.float32)
             cols[k] = pa.array(a > 0.5, mask=~np.isfinite(a), type=pa.bool_())
-    for k in ("cam", "fine_cam"):
+    for k in ("cam", "fine_cam", "cam_other"):
         if k in batch:
             cols[k] = _cam_array(np.asarray(batch[k], dtype=object))
     if "view_box" in batch:

@@ -359,6 +359,7 @@ class AuditConfig(_Frozen):
     dataset: DatasetConfig
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     target: Literal["predicted", "label"] = "predicted"
+    both_maps_when_wrong: bool = False  # also store the other class's map (cam_other) where pred != label
     layer: str = "auto"
     fine_layer: str = "auto"
     cam: str = "gradcam"

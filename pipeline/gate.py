@@ -32,6 +32,7 @@ from pipeline.analysis.evidence import ModelEvidence, analyse, to_jsonable
 from pipeline.analysis.frame import load_frame
 from pipeline.config import GatePolicy
 from pipeline.schema import ResultsError, is_results_dir, part_files, read_runs
+from pipeline.triage import ModelReview, current_fingerprints, open_for_reading, summarise
 
 ICON = {PASS: "✅", WARN: "⚠️", FAIL: "❌", SKIP: "➖", "ERROR": "💥"}
 
@@ -51,6 +52,7 @@ class Verdict:
     models: list[ModelVerdict]
     baseline: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    review: dict[str, ModelReview] | None = None  # reviewers' decisions (see attach_review); never judged
 
     @property
     def passed(self) -> bool:
@@ -62,6 +64,7 @@ class Verdict:
             "passed": self.passed, "policy": self.policy,
             "models": [{"model": m.model, "status": m.status, "checks": to_jsonable(m.checks),
                         "evidence": m.evidence.to_dict()} for m in self.models],
+            "review": None if self.review is None else {k: r.to_dict() for k, r in self.review.items()},
         }
 
 
@@ -122,6 +125,17 @@ def evaluate(root: str | os.PathLike[str], policy: GatePolicy | None = None, mod
         status = "ERROR" if ev.overall.scored == 0 else model_status(results, policy.require_evidence)
         verdicts.append(ModelVerdict(name, status, results, ev))
     return Verdict(str(root), json.loads(policy.model_dump_json()), verdicts, desc)
+
+
+def attach_review(v: Verdict, root: str | os.PathLike[str], db: str | os.PathLike[str] | None = None) -> Path | None:
+    """Add the reviewers' decisions on ``root`` (``db``, ``$CUEAUDIT_REVIEW_DB`` or ``<root>/_review.sqlite``,
+    read-only) to the verdict's reports. They never change a status. Returns the database read, if any."""
+    store = open_for_reading(root, db)
+    if store is None:
+        return None
+    fps = current_fingerprints(root)
+    v.review = summarise(store.current(), {m.model: fps.get(m.model, "") for m in v.models})
+    return store.path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,15 +204,20 @@ def markdown(v: Verdict) -> str:
     out.append("")
     for m in v.models:
         shown = [r for r in m.checks if r.status in (FAIL, WARN, "ERROR") or r.inconclusive]
-        if not shown:
+        review = (v.review or {}).get(m.model)
+        if not shown and (review is None or review.empty):
             continue
         out.append(f"### `{m.model}`")
         for r in shown:
-            out.append(f"- {ICON.get(r.status, '')} **{r.title}** ({r.check}, {r.status}): {r.message}")
+            confirmed = review.confirmed_checks.get(r.check, 0) if review else 0
+            seen = f" — confirmed by review ({confirmed} finding{'s' if confirmed != 1 else ''})" if confirmed else ""
+            out.append(f"- {ICON.get(r.status, '')} **{r.title}** ({r.check}, {r.status}): {r.message}{seen}")
             if r.examples and r.status != SKIP:
                 out.append(f"  - example images: {', '.join(f'`{x}`' for x in r.examples[:5])}")
             for f in r.inconclusive:
                 out.append(f"  - inconclusive `{f.scope}` {f.statistic} = {f.estimate.fmt()}: {f.reason}")
+        if review is not None and not review.empty:
+            out.append(f"- 🔎 Review: {review.sentence()}.")
         out.append("")
     return "\n".join(out)
 

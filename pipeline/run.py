@@ -51,6 +51,7 @@ from pipeline.collect import timings, worker_table
 from pipeline.config import LoadedConfig
 from pipeline.donors import assign_donors
 from pipeline.readers import read_manifest
+from pipeline.readers.base import mask_roots
 from pipeline.schema import ModelRun, PartWriter, RunRecord, new_run_id, scored_ids, write_run
 
 log = logging.getLogger(__name__)
@@ -83,13 +84,17 @@ class RunSummary:
     seconds: float = 0.0
 
 
+NOT_FINGERPRINTED = ("both_maps",)  # what is stored besides the numbers, not how they are measured
+
+
 def audit_fingerprint(spec_fp: str, opts: Any, counterfactual: dict[str, Any] | None = None) -> str:
     """Model fingerprint + everything about *how* it is audited that changes the numbers.
 
     ``counterfactual``: the construction of the counterfactual images (donor seed, box dilation,
     context ablation), when they are computed; its version names the construction itself.
     """
-    payload: dict[str, Any] = {"spec": spec_fp, "opts": asdict(opts), "schema": 1}
+    measured = {k: v for k, v in asdict(opts).items() if k not in NOT_FINGERPRINTED}
+    payload: dict[str, Any] = {"spec": spec_fp, "opts": measured, "schema": 1}
     if counterfactual is not None:
         payload["counterfactual"] = {**counterfactual, "construction": COUNTERFACTUAL_CONSTRUCTION}
     blob = json.dumps(payload, sort_keys=True, default=str)
@@ -153,6 +158,7 @@ def plan_models(loaded: LoadedConfig, manifest: pa.Table | None = None) -> list[
             prefix_tokens=mcfg.prefix_tokens,
             label_map=mcfg.label_map_items(),
             fine_layer=fine,
+            both_maps=cfg.both_maps_when_wrong,
         )
         cf = cfg.counterfactual.model_dump(exclude={"enabled", "fill"}) if cfg.counterfactual.enabled else None
         try:
@@ -259,6 +265,7 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
         ver = "dev"
     record = RunRecord(run_id=run_id, name=cfg.name, started_at=datetime.now(UTC).isoformat(),
                        config=json.loads(cfg.model_dump_json()), dataset_roots=roots,
+                       mask_roots=mask_roots(manifest),
                        images=manifest.num_rows, cueaudit_version=ver)
     if cfg.counterfactual.enabled:
         # Donors come from the whole dataset, also for the images an incremental run still has to score.

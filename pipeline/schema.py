@@ -68,6 +68,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("correct", pa.bool_(), "pred is the label's class (or in its label_map set; null when unlabelled)"),
     Column("feature_layer", pa.string(), "dotted name of the layer the CAM was taken at"),
     Column("cam", pa.list_(_F32), "raw Grad-CAM map at feature resolution, row-major (cam_h * cam_w), ReLU'd, not normalised"),
+    Column("cam_other", pa.list_(_F32), "where pred != label and `both_maps_when_wrong` is on: the map of the other of the two classes (the label's when the target is the prediction), as `cam`"),
     Column("cam_h", pa.int16(), "map height in feature cells"),
     Column("cam_w", pa.int16(), "map width in feature cells"),
     Column("input_h", pa.int16(), "model input height in pixels"),
@@ -267,6 +268,7 @@ class RunRecord:
     updated_at: str | None = None  # heartbeat: rewritten with every committed part
     config: dict[str, Any] = field(default_factory=dict)
     dataset_roots: list[str] = field(default_factory=list)
+    mask_roots: list[str] = field(default_factory=list)  # folders of the mask files the audit read
     images: int = 0
     models: dict[str, ModelRun] = field(default_factory=dict)
     cueaudit_version: str = ""

@@ -41,7 +41,7 @@ RESULT_KEYS = (
     "other_shares", "other_areas", "bg_color", "metric_note", "annotations", "attributes", "error", "error_kind",
     "scored_at", "cf_fill_pred", "cf_fill_score", "cf_rand_pred", "cf_rand_score", "cf_rand_donor",
     "cf_same_pred", "cf_same_score", "cf_same_donor", "cf_ctx_pred", "cf_ctx_score", "cf_ctrl_pred",
-    "cf_ctrl_score",
+    "cf_ctrl_score", "cam_other",
 ) + FINE_KEYS  # fmt: skip
 
 COMPILED_PREFIX = "_orig_mod."
@@ -80,6 +80,7 @@ class ScoreOptions:
     prefix_tokens: int | None = None
     label_map: LabelMapItems | None = None
     fine_layer: str | None = None
+    both_maps: bool = False  # also store the map of the other class of (pred, label) where they differ
 
 
 def pick_device(want: str) -> torch.device:
@@ -272,6 +273,8 @@ class Scorer:
         tgt = label_best if self.opts.target == "label" else pred
         tgt_score = probs.gather(1, tgt.view(-1, 1)).squeeze(1)
         correct = in_label.gather(1, pred.view(-1, 1)).squeeze(1)
+        other_rows, other_maps = (self._other_maps(x, has_label & ~correct, torch.where(tgt == pred, label_best, pred))
+                                  if self.opts.both_maps else (np.zeros(0, np.int64), None))
 
         # Masks: (K_i, H, W) per image, padded to K = max K_i; mask 0 is the target when present.
         names = [json.loads(batch["mask_names"][i]) for i in ok]
@@ -349,6 +352,9 @@ class Scorer:
             out["view_box"][i] = g["box"]
         if fine is not None and fm is not None:
             self._fine_columns(out, ok, names, has_target, fine[0].removeprefix(COMPILED_PREFIX), fine[1], fm)
+        if other_maps is not None:
+            for j, m in zip(other_rows.tolist(), other_maps.reshape(len(other_rows), -1).cpu().numpy(), strict=True):
+                out["cam_other"][ok[j]] = m.astype(np.float32).tobytes()
         for key, (p, s) in cf.items():
             p_np, s_np = p.cpu().numpy(), s.float().cpu().numpy()
             for j, i in enumerate(ok):
@@ -373,6 +379,19 @@ class Scorer:
             out["fine_cam"][i] = cam_np[j].astype(np.float32).tobytes()
             others_j = names[j][1:] if has_target[j] else names[j]
             out["fine_other_shares"][i] = json.dumps({c: _f(cpu["other_shares"][j, q]) for q, c in enumerate(others_j)})
+
+    def _other_maps(self, x: torch.Tensor, wrong: torch.Tensor,
+                    other: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Where the prediction is none of the label's classes: the map of whichever of the two the CAM
+        did not explain (``other``: the label's best class under ``target: predicted``, the prediction
+        under ``target: label``).
+
+        Returns (row positions within the batch's scored rows, their maps ``(k, h, w)``, or None).
+        """
+        rows = torch.nonzero(wrong).squeeze(1)
+        if rows.numel() == 0:
+            return np.zeros(0, np.int64), None
+        return rows.cpu().numpy(), self.cam(x[rows], targets=other[rows]).maps.float()
 
     def _counterfactuals(self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor, t: torch.Tensor,
                          has_target: np.ndarray, tgt: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -450,7 +469,7 @@ def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         "other_shares": obj(), "other_areas": obj(),
         "pred_score": nan(), "target_score": nan(), "correct": nan(), "pointing_hit": nan(),
         "object_share": nan(), "object_area": nan(), "object_cells": nan(), "background_share": nan(),
-        "cam": obj(), "cam_h": np.zeros(n, np.int16), "cam_w": np.zeros(n, np.int16),
+        "cam": obj(), "cam_other": obj(), "cam_h": np.zeros(n, np.int16), "cam_w": np.zeros(n, np.int16),
         "input_h": np.zeros(n, np.int16), "input_w": np.zeros(n, np.int16),
         "image_w": neg(), "image_h": neg(),
         "view_box": np.full((n, 4), np.nan, np.float32), "bg_color": np.full((n, 3), np.nan, np.float32),

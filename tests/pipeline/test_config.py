@@ -112,3 +112,17 @@ def test_model_keys_for_modern_models(tmp_path):
         load_config(_write(tmp_path, {**BASE, "models": [{**BASE["models"][0], "layout": "nwhc"}]}))
     hf = load_config(_write(tmp_path, {**BASE, "models": [{"name": "h", "source": "hf:models/vit"}]}))
     assert hf.model_specs()[0].source == f"hf:{tmp_path / 'models' / 'vit'}"
+
+
+def test_both_maps_is_stored_but_not_fingerprinted(tmp_path):
+    from pipeline.run import plan_models
+
+    tiny = {"name": "tiny", "source": "python:tests.factories:tiny_cnn", "num_classes": 3}
+    cfg = {**BASE, "models": [tiny]}
+    (off,) = plan_models(load_config(_write(tmp_path, cfg)))
+    (on,) = plan_models(load_config(_write(tmp_path, {**cfg, "both_maps_when_wrong": True})))
+    assert (off.opts.both_maps, on.opts.both_maps) == (False, True)
+    # storing a second map changes no number: results scored either way stay current
+    assert on.fingerprint == off.fingerprint
+    (label,) = plan_models(load_config(_write(tmp_path, {**cfg, "target": "label"})))
+    assert label.fingerprint != off.fingerprint

@@ -71,6 +71,18 @@ def test_every_reader_end_to_end(ray_local, synth, tmp_path, fmt):
         assert any(r["other_shares"] for r in rows)
     (run,) = read_runs(loaded.output)
     assert run.status == "finished" and run.models["tiny"].scored == 30 and run.models["tiny"].feature_layer == "features"
+    # the folders of the mask files read (the folder layout's masks/<class>/; the others have none)
+    assert run.mask_roots == ([str(d) for d in sorted((synth / "masks").iterdir())] if fmt == "folder" else [])
+
+
+def test_both_maps_reach_the_parquet_where_pred_and_label_differ(ray_local, synth, tmp_path):
+    ds = {"format": "folder", "root": str(synth / "images"), "masks": str(synth / "masks")}
+    _, loaded = _run(tmp_path, ds, both_maps_when_wrong=True)
+    rows = read_results(loaded.output, columns=["pred", "label", "cam", "cam_other"]).to_pylist()
+    wrong = [r for r in rows if r["pred"] != r["label"]]
+    assert wrong, "the untrained tiny model gets some images wrong"
+    assert all(r["cam_other"] is not None and len(r["cam_other"]) == len(r["cam"]) for r in wrong)
+    assert all(r["cam_other"] is None for r in rows if r["pred"] == r["label"])
 
 
 def _coco_to_voc(synth: Path, tmp_path: Path) -> Path:

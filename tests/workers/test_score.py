@@ -270,3 +270,39 @@ def test_dataset_report_lists_labels_that_map_to_nothing():
     got = unmapped_by_model(labels, {"in9": ("imagenet9", imagenet_classes()), "plain": (None, imagenet_classes()),
                                      "unknown_classes": ({"unicorn": [0]}, None)})
     assert got == {"in9": ["unicorn"], "plain": ["dog", "fish", "unicorn"], "unknown_classes": ["dog", "fish", "tabby"]}
+
+
+def _noise_images(tmp_path, n: int, seed: int) -> list[dict]:
+    """``n`` random 32x32 PNGs as manifest rows labelled ``a``."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    return [{"image_id": str(i), "path": str(tmp_path / f"{i}.png"), "label": "a", "objects": None} for i in range(n)]
+
+
+def test_both_maps_store_the_other_classs_map_where_pred_and_label_differ(tmp_path):
+    rows = _noise_images(tmp_path, 6, seed=1)
+    prepared = prepare_batch(_manifest(tmp_path, rows), PrepareOptions(PRE))
+    preds = Scorer(SPEC, ScoreOptions())(prepared)["pred"]
+    classes = list(SPEC.classes)
+    # half the images labelled as predicted, half as another class
+    labels = [p if i % 2 == 0 else classes[(classes.index(p) + 1) % 3] for i, p in enumerate(preds)]
+    prepared["label"] = np.array(labels, dtype=object)
+    wrong = [i % 2 == 1 for i in range(6)]
+    by_pred = Scorer(SPEC, ScoreOptions())(prepared)
+    by_label = Scorer(SPEC, ScoreOptions(target="label"))(prepared)
+    both = Scorer(SPEC, ScoreOptions(both_maps=True))(prepared)
+    both_label = Scorer(SPEC, ScoreOptions(target="label", both_maps=True))(prepared)
+    for i in range(6):
+        assert both["cam"][i] == by_pred["cam"][i]  # the first map is unchanged
+        if not wrong[i]:
+            assert both["cam_other"][i] is None and both_label["cam_other"][i] is None
+            continue
+        # target: predicted -> the second map is the label's; target: label -> the prediction's
+        np.testing.assert_allclose(np.frombuffer(both["cam_other"][i], np.float32),
+                                   np.frombuffer(by_label["cam"][i], np.float32), atol=1e-5)
+        np.testing.assert_allclose(np.frombuffer(both_label["cam_other"][i], np.float32),
+                                   np.frombuffer(by_pred["cam"][i], np.float32), atol=1e-5)
+    t = worker_table(both, run_id="r", model="tiny", fingerprint="f", dataset_root=str(tmp_path))
+    assert t.column("cam_other").null_count == 3
+    assert Scorer(SPEC, ScoreOptions())(prepared)["cam_other"].tolist() == [None] * 6  # off by default
