@@ -198,7 +198,7 @@ def test_the_gate_markdown_says_what_review_confirmed(results, tmp_path):
     md = markdown(v)
     assert [m.status for m in v.models] == [m.status for m in evaluate(results).models]  # never judged
     assert "confirmed by review" not in plain
-    assert "(counterfactual_flip): " in md and "— confirmed by review (3 findings)" in md
+    assert "(counterfactual_flip, FAIL): " in md and "— confirmed by review (3 findings)" in md
     assert ("- 🔎 Review: 3 findings confirmed by review; images: 1 label error." in md)
     assert f"### `{PASSING}`" in md and "1 decision made under an older fingerprint (not counted)" in md
     assert json.loads(json.dumps(v.to_dict()))["review"][FAILING]["findings"] == {"confirmed_cue": 3}
