@@ -49,7 +49,8 @@ TREND_COLUMNS = (
 )  # fmt: skip
 DETAIL_COLUMNS = (
     "model", "image_id", "run_id", "model_fingerprint", "scored_at", "path", "dataset_root", "label", "pred",
-    "target", "image_w", "image_h", "view_box", "cam", "cam_other", "cam_h", "cam_w", "annotations",
+    "target", "image_w", "image_h", "view_box", "cam", "cam_other", "cam_h", "cam_w", "annotations", "input_h",
+    "input_w",
 )  # fmt: skip
 PAIRS_LIMIT = 2000  # Compare lists the images with the largest differences
 HEADLINES = {  # key -> (title, shown as a percentage)

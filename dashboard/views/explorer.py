@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data, export
+from dashboard.composites import composites, construction
 from dashboard.explore import (
     ATTR,
     CATEGORICAL,
@@ -163,10 +164,42 @@ def _open_any(ctx: Ctx, model: str, view: ModelView, frame: pd.DataFrame, state:
     st.subheader(f"{r.image_id}")
     (fig,) = figures(ctx, model, r.to_frame().T, max_side=512)
     show_figure(fig, fmt_row_caption(r, _mark(state, r.image_id)), large=True)
+    _composites(ctx, model, view, frame, r)
     image_review_form(ctx, model, str(r.image_id), view.fingerprint, state)
     details = data.details_table(r)
     st.dataframe(details, hide_index=True, width="stretch", height=35 * (len(details) + 1) + 3)
     st.divider()
+
+
+def _composites(ctx: Ctx, model: str, view: ModelView, frame: pd.DataFrame, r: pd.Series) -> None:
+    """The counterfactual images this row was scored on, rebuilt from the source images (no torch)."""
+    cols = [c for c in ("cf_rand_pred", "cf_same_pred", "cf_ctx_pred", "cf_ctrl_pred") if c in r.index]
+    if not any(isinstance(r[c], str) and r[c] for c in cols):
+        return
+    with st.expander("Counterfactual images (rebuilt from the source images, masks and donors)"):
+        donors = [str(r[c]) for c in ("cf_rand_donor", "cf_same_donor") if isinstance(r.get(c), str) and r[c]]
+        keys = [data.row_key(r)]
+        for d in donors:
+            hit = np.flatnonzero((view.cols["image_id"] == d).to_numpy())
+            if len(hit):
+                keys.append(data.row_key(frame.iloc[view.pos[hit[0]]]))
+        details = data.cached_details(ctx.root, ctx.ver, model, tuple(keys))
+        mine = details.get(str(r.image_id))
+        if mine is None:
+            st.warning("the stored row was not found (results changed? reload)")
+            return
+        run = next((x for x in ctx.runs if x.run_id == r.run_id), None)
+        dilation, seed = construction(run.config if run else None)
+        panels = composites({**mine, **{c: r.get(c) for c in r.index if c.startswith("cf_")}},
+                            {d: details[d] for d in donors if d in details}, ctx.roots, ctx.mask_roots,
+                            dilation, seed)
+        for col, p in zip(st.columns(len(panels)), panels, strict=True):
+            if p.image is None:
+                col.caption(f"{p.title}: {p.note}")
+            else:
+                col.image(p.image, caption=p.title, width="stretch")
+        st.caption(f"prediction on the image: {r.pred}; counterfactuals built as the workers build them "
+                   f"(object boxes dilated by {dilation:g}, seed {seed})")
 
 
 # ---------------------------------------------------------------------------------------------

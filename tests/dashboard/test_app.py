@@ -209,6 +209,9 @@ def test_explorer_gallery_is_worst_first_and_opens_an_image(monkeypatch, fake_re
     assert panels == ["original", "object outline", f"Grad-CAM: {details.loc['pred', 'value']} (prediction)"]
     assert details.loc["image_id", "value"] == worst
     assert details.loc["label", "value"] in ("disk", "square", "triangle")
+    # the counterfactual it was scored on is rebuilt from the source image (the fakes record no donor id)
+    cf = next(e for e in at.expander if e.label.startswith("Counterfactual images"))
+    assert any("Mixed-Rand" in c.value and "not in these results" in c.value for c in cf.caption)
 
 
 def test_explorer_filters(monkeypatch, fake_results):
