@@ -258,6 +258,17 @@ class CounterfactualConfig(_Frozen):
     dilation: float = Field(default=DEFAULT_DILATION, ge=0, le=1)
 
 
+class EmbeddingConfig(_Frozen):
+    """Per-image embeddings at the CAM layer (:mod:`workers.embed`), which slice discovery clusters:
+    the global average of the activations and its CAM-weighted split off / on the object mask,
+    taken from the Grad-CAM pass (no extra forward), float16. Layers with more than ``dim`` channels
+    are reduced by a fixed Gaussian random projection seeded with ``seed``."""
+
+    enabled: bool = True
+    dim: int = Field(default=128, ge=8, le=4096)
+    seed: int = 0
+
+
 class ExecutionConfig(_Frozen):
     address: str | None = None
     workers: int | None = Field(default=None, ge=1)
@@ -283,6 +294,7 @@ class AuditConfig(_Frozen):
     layer: str = "auto"
     cam: str = "gradcam"
     counterfactual: CounterfactualConfig = CounterfactualConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
     execution: ExecutionConfig = ExecutionConfig()
     storage: StorageConfig = StorageConfig()
 

@@ -108,6 +108,9 @@ def plan_models(loaded: LoadedConfig) -> list[ModelPlan]:
             counterfactual=cfg.counterfactual.enabled,
             fill=cfg.counterfactual.fill,
             compile=cfg.execution.compile,
+            embedding=cfg.embedding.enabled,
+            embedding_dim=cfg.embedding.dim,
+            embedding_seed=cfg.embedding.seed,
         )
         cf = cfg.counterfactual.model_dump(exclude={"enabled", "fill"}) if cfg.counterfactual.enabled else None
         try:

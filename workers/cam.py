@@ -76,7 +76,9 @@ class CAMResult:
     ``maps`` ``(N, h, w)`` float32 at feature resolution, ReLU applied, not normalised;
     ``logits`` the model output as float32 (``(N, classes)`` for classifiers); ``scores`` ``(N,)``
     float32 the differentiated scores; ``targets`` ``(N,)`` long class indices, or ``None`` when a
-    callable reduced the output; ``layer`` the resolved layer spec.
+    callable reduced the output; ``layer`` the resolved layer spec. ``activations`` ``(N, C, h, w)``
+    float32 the feature map ``A`` the maps were computed from (for embeddings pooled from the same
+    pass: :mod:`workers.embed`).
     """
 
     maps: Tensor
@@ -84,6 +86,7 @@ class CAMResult:
     scores: Tensor
     targets: Tensor | None
     layer: str
+    activations: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ class BaseCAM:
             scores=scores.detach().float(),
             targets=target_idx,
             layer=info.name,
+            activations=acts,
         )
 
     def _forward(self, x: Tensor, info: LayerInfo, dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:

@@ -7,7 +7,7 @@ come back. All math runs on the device in fp32.
 
 Output columns (numpy, one entry per input row, errors included) follow the names of
 :mod:`pipeline.schema` (plus ``_t_*`` timing columns the driver aggregates and drops); nullable ints use -1, nullable floats and booleans NaN, maps JSON strings,
-``cam`` the float32 bytes of the (cam_h * cam_w) map, so Ray can move them as plain Arrow columns. The driver turns them into the Parquet schema.
+``cam`` the float32 bytes of the (cam_h * cam_w) map, the embeddings float16 bytes, so Ray can move them as plain Arrow columns. The driver turns them into the Parquet schema.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from workers.cam import make_cam
+from workers.embed import COLUMNS as EMBEDDING_COLUMNS
+from workers.embed import embed, projection
 from workers.metrics import background_color, coarse_map_warning, mass_metrics
 from workers.models import LoadedModel, ModelSpec, load_model
 
@@ -35,7 +37,7 @@ RESULT_KEYS = (
     "other_shares", "other_areas", "bg_color", "metric_note", "annotations", "attributes", "error", "error_kind",
     "scored_at", "cf_fill_pred", "cf_fill_score", "cf_rand_pred", "cf_rand_score", "cf_rand_donor",
     "cf_same_pred", "cf_same_score", "cf_same_donor", "cf_ctx_pred", "cf_ctx_score", "cf_ctrl_pred",
-    "cf_ctrl_score",
+    "cf_ctrl_score", "embedding", "embedding_off", "embedding_on",
 )  # fmt: skip
 
 COMPILED_PREFIX = "_orig_mod."
@@ -61,6 +63,9 @@ class ScoreOptions:
     counterfactual: bool = False
     fill: str = "mean"  # mean (the normalisation mean: a zero input) | gray | black
     compile: bool = False
+    embedding: bool = True  # pooled CAM-layer features per image (workers.embed), for slice discovery
+    embedding_dim: int = 128  # random projection to this many dimensions when the layer has more channels
+    embedding_seed: int = 0  # seed of that projection
 
 
 def pick_device(want: str) -> torch.device:
@@ -108,6 +113,7 @@ class Scorer:
             loose.setdefault(normalise_name(c), i)
         self._exact, self._loose = exact, loose
         self._warned_coarse = False
+        self._projections: dict[int, torch.Tensor | None] = {}  # channels -> fixed projection (embeddings)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -266,6 +272,8 @@ class Scorer:
         if self.opts.counterfactual:
             cf = self._counterfactuals(batch, ok, pixels, target_mask, has_target, tgt)
 
+        emb = self._embeddings(res, maps, target_mask, ht) if self.opts.embedding else {}
+
         if not self._warned_coarse:
             msg = coarse_map_warning(mm.object_cells[ht], (maps.shape[1], maps.shape[2]))
             if msg:
@@ -304,6 +312,11 @@ class Scorer:
             g = json.loads(batch["geometry"][i])
             out["image_w"][i], out["image_h"][i] = g["src_w"], g["src_h"]
             out["view_box"][i] = g["box"]
+        for key, e in emb.items():  # float16 bytes per row, None where the pool is undefined
+            e_np = e.to(torch.float16).cpu().numpy()
+            bad = np.isnan(e_np).any(axis=1)
+            for j, i in enumerate(ok):
+                out[key][i] = None if bad[j] else e_np[j].tobytes()
         for key, (p, s) in cf.items():
             p_np, s_np = p.cpu().numpy(), s.float().cpu().numpy()
             for j, i in enumerate(ok):
@@ -312,6 +325,18 @@ class Scorer:
                     out[f"cf_{key}_score"][i] = s_np[j]
                     if key in ("rand", "same"):
                         out[f"cf_{key}_donor"][i] = batch[f"cf_{key}_id"][i]
+
+    def _embeddings(self, res: Any, maps: torch.Tensor, target_mask: torch.Tensor,
+                    has_target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The CAM layer's pooled, off-object and on-object embeddings (:mod:`workers.embed`), from the
+        activations the engine already holds: no extra forward."""
+        if res.activations is None:
+            raise RuntimeError(f"CAM method {self.opts.cam!r} returns no activations; set embedding.enabled: false")
+        c = int(res.activations.shape[1])
+        if c not in self._projections:
+            p = projection(c, self.opts.embedding_dim, self.opts.embedding_seed)
+            self._projections[c] = None if p is None else p.to(self.device)
+        return embed(res.activations, maps, target_mask, has_target, self._projections[c]).columns()
 
     def _counterfactuals(self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor, t: torch.Tensor,
                          has_target: np.ndarray, tgt: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -399,6 +424,8 @@ def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         out[f"cf_{kind}_pred"] = obj()
         out[f"cf_{kind}_score"] = nan()
     out["cf_rand_donor"], out["cf_same_donor"] = obj(), obj()
+    for key in EMBEDDING_COLUMNS:
+        out[key] = obj()
     # Normalise error strings: Ray may hand NaN/"" for missing values.
     for key in ("error", "error_kind"):
         out[key] = np.array([v if isinstance(v, str) and v else None for v in out[key]], dtype=object)
