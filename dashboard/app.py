@@ -16,12 +16,14 @@ import streamlit as st
 from common.storage import as_path
 from dashboard import ENV_POLICY, ENV_RESULTS, data
 from dashboard.views import compare, explorer, model, overview
+from dashboard.views import slices as slices_view
 from dashboard.views.common import PAGES, Ctx
 from pipeline.config import ConfigError
 from pipeline.schema import ResultsError, is_results_dir, part_files
 
 RENDER = {"Overview": overview.render, "Model": model.render, "Image explorer": explorer.render,
           "Compare": compare.render}
+RENDER["Slices"] = slices_view.render  # slices of the model's embeddings (issue 16)
 
 
 def arguments() -> tuple[str | None, str | None]:

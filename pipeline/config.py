@@ -499,6 +499,22 @@ class AttributePolicy(CheckPolicy):
     attributes: tuple[str, ...] | None = None
 
 
+class SlicePolicy(CheckPolicy):
+    """Slices discovered on the model's own embeddings, no annotation needed
+    (:mod:`pipeline.analysis.slices`): the held-out accuracy of the rest of a class minus the
+    slice's (above = worse), Holm-corrected over every reported slice. ``embedding``: the pool that
+    is clustered (``embedding``, ``embedding_off``, ``embedding_on``); ``components``: mixture
+    components per class; ``max_slices``: slices reported per class; ``correctness_weight``:
+    Domino's weight on the correctness term of the mixture."""
+
+    warn: float = 0.10
+    fail: float = 0.20
+    embedding: Literal["embedding", "embedding_off", "embedding_on"] = "embedding"
+    components: int = Field(default=8, ge=2, le=64)
+    max_slices: int = Field(default=3, ge=1, le=50)
+    correctness_weight: float = Field(default=10.0, ge=0)
+
+
 class RegressionPolicy(CheckPolicy):
     """Drop against a baseline run of object_lift and of accuracy, paired on shared images (above = worse)."""
 
@@ -512,6 +528,7 @@ class ChecksPolicy(_Frozen):
     cooccurrence_cue: CooccurrencePolicy = CooccurrencePolicy()
     counterfactual_flip: CounterfactualPolicy = CounterfactualPolicy()
     attribute_gap: AttributePolicy = AttributePolicy()
+    slice_gap: SlicePolicy = SlicePolicy()
     regression: RegressionPolicy = RegressionPolicy()
 
 

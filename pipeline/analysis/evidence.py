@@ -25,6 +25,7 @@ from pipeline.analysis.cues import (
     cooccurrence,
     counterfactual,
 )
+from pipeline.analysis.slices import SliceEvidence
 from pipeline.analysis.stats import NAN, Estimate, median_ci
 
 ALL = "(all)"
@@ -65,6 +66,7 @@ class ModelEvidence:
     counterfactual: CounterfactualEvidence
     attributes: list[AttributeGap]
     run_ids: list[str] = field(default_factory=list)
+    slices: SliceEvidence = field(default_factory=SliceEvidence)  # filled by the gate from the embeddings
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
