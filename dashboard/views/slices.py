@@ -10,7 +10,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard.views.common import Ctx, badge, figures, fmt_row_caption, model_picker, show_figure, style_status
+from dashboard.views.common import (
+    Ctx,
+    badge,
+    figures,
+    fmt_row_caption,
+    model_picker,
+    show_figure,
+    style_status,
+)
 from pipeline.analysis.slices import SliceEvidence
 
 COLUMNS = 4

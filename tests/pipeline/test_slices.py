@@ -83,7 +83,7 @@ def test_deterministic_and_independent_of_row_order():
     ev1, m1 = discover(frame, emb, SO)
     order = np.random.default_rng(0).permutation(len(frame))
     ev2, m2 = discover(frame.iloc[order], EmbeddingTable(emb.ids[order], emb.matrix[order], "embedding"), SO)
-    key = lambda ev: [(s.label, s.size, s.held_out, s.gap.counts) for s in ev.slices]  # noqa: E731
+    key = lambda ev: [(s.label, s.size, s.held_out, s.gap.counts) for s in ev.slices]
     assert key(ev1) == key(discover(frame, emb, SO)[0])  # same input, same slices
     # Another row order draws another PCA subsample only above 20,000 rows: here the same slices,
     # up to the components' numbering.
