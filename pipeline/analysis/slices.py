@@ -245,7 +245,7 @@ def discover(frame: pd.DataFrame, emb: EmbeddingTable, so: StatOptions,
     if scope:
         keys = pd.Series(list(zip(labels.tolist(), cluster.tolist(), strict=True)), dtype=object)
         members["slice"] = keys.map(scope).to_numpy(dtype=object)
-    ev.spuriosity = _spuriosity(d, code, classes, z, cluster, fit, correct, ev.slices, so, opts)
+    ev.spuriosity = _spuriosity(d, code, classes, z, fit, correct, ev.slices, fitted, so, opts)
     return ev, members
 
 
@@ -267,22 +267,30 @@ def _fit_half(code: np.ndarray, u: np.ndarray, opts: SliceOptions) -> np.ndarray
 
 def _pca(matrix: np.ndarray, pos: np.ndarray, fit: np.ndarray, u: np.ndarray, opts: SliceOptions) -> np.ndarray:
     """Rows ``pos`` of the L2-normalised embeddings projected on the top ``pca_dim`` principal axes
-    of the fit half (at most 20,000 of its rows, seeded): ``(N, p)`` float64.
+    of the fit half (at most 20,000 of its rows, seeded): ``(N, p)`` float32, in blocks of rows.
 
     Rows are normalised first so that clusters follow what the features encode, not the image's
     overall activation strength (contrast, size). The sample is taken in the order of the images'
     hashes and each axis's sign fixed (its largest entry positive), so the input's row order does not
     matter."""
-    x = matrix[pos].astype(np.float32)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+    def unit(rows: np.ndarray) -> np.ndarray:
+        x = matrix[pos[rows]].astype(np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+
     rows = np.flatnonzero(fit)
     rows = rows[np.argsort(u[rows], kind="stable")][:_PCA_FIT_MAX] if len(rows) >= 2 else np.argsort(u, kind="stable")
-    sample = x[rows].astype(np.float64)
+    sample = unit(rows).astype(np.float64)
     mean = sample.mean(axis=0)
-    p = max(1, min(opts.pca_dim, x.shape[1], len(sample) - 1))
-    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
-    axes = vt[:p] * np.sign(vt[:p][np.arange(p), np.abs(vt[:p]).argmax(axis=1)])[:, None]
-    return (x.astype(np.float64) - mean) @ axes.T
+    p = max(1, min(opts.pca_dim, sample.shape[1], len(sample) - 1))
+    centred = sample - mean
+    _, vecs = np.linalg.eigh(centred.T @ centred)  # (D, D) covariance: cheaper than an SVD of the sample
+    top = vecs[:, ::-1][:, :p].T  # (p, D), largest variance first
+    axes = (top * np.sign(top[np.arange(p), np.abs(top).argmax(axis=1)])[:, None]).T.astype(np.float32)
+    shift = (mean @ axes).astype(np.float32)
+    z = np.empty((len(pos), p), dtype=np.float32)
+    for a in range(0, len(pos), 1 << 16):
+        z[a:a + (1 << 16)] = unit(np.arange(a, min(a + (1 << 16), len(pos)))) @ axes - shift
+    return z
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,9 +330,8 @@ def _mixtures(z: np.ndarray, correct: np.ndarray, code: np.ndarray, fit: np.ndar
         params = _em(zf, cf, wf, k, opts, seed=(opts.seed, int(chunk[0])))
         for j, c in enumerate(chunk):
             fitted[c] = _Params(params.log_pi[j], params.mu[j], params.var[j], params.p_correct[j])
-        mine = np.concatenate([rows[c] for c in chunk])
-        which = np.repeat(np.arange(len(chunk)), [len(rows[c]) for c in chunk])
-        cluster[mine], prob[mine] = _assign(z[mine], which, params)
+        for c in chunk:
+            cluster[rows[c]], prob[rows[c]] = _assign(z[rows[c]], fitted[c])
     return cluster, prob, fitted
 
 
@@ -350,9 +357,9 @@ def _pad(z: np.ndarray, correct: np.ndarray, groups: Sequence[np.ndarray]) -> tu
     g_idx = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
     slot = np.concatenate([np.arange(len(g)) for g in groups])
     src = np.concatenate(groups)
-    zp = np.zeros((len(groups), m, z.shape[1]))
-    cp = np.zeros((len(groups), m))
-    wp = np.zeros((len(groups), m))
+    zp = np.zeros((len(groups), m, z.shape[1]), dtype=z.dtype)
+    cp = np.zeros((len(groups), m), dtype=z.dtype)
+    wp = np.zeros((len(groups), m), dtype=z.dtype)
     zp[g_idx, slot] = z[src]
     cp[g_idx, slot] = correct[src]
     wp[g_idx, slot] = 1.0
@@ -360,11 +367,13 @@ def _pad(z: np.ndarray, correct: np.ndarray, groups: Sequence[np.ndarray]) -> tu
 
 
 def _log_gauss(z: np.ndarray, p: _Params) -> np.ndarray:
-    """``log N(z; mu_k, diag var_k)`` for padded ``z`` ``(G, M, p)`` -> ``(G, M, K)``."""
+    """``log N(z; mu_k, diag var_k)`` for ``z`` ``(..., M, p)`` -> ``(..., M, K)``, parameters
+    ``(..., K, p)``: ``-(sum log 2 pi var + z^2 . 1/var - 2 z . mu/var + mu^2 . 1/var) / 2``, as
+    batched matrix products."""
     inv = 1.0 / p.var
-    quad = (np.einsum("gmp,gkp->gmk", z * z, inv) - 2 * np.einsum("gmp,gkp->gmk", z, p.mu * inv)
-            + np.einsum("gkp,gkp->gk", p.mu * p.mu, inv)[:, None, :])
-    return -0.5 * (np.log(2 * np.pi * p.var).sum(-1)[:, None, :] + quad)
+    quad = (np.matmul(z * z, np.swapaxes(inv, -1, -2)) - 2 * np.matmul(z, np.swapaxes(p.mu * inv, -1, -2))
+            + (p.mu * p.mu * inv).sum(-1)[..., None, :])
+    return -0.5 * (np.log(2 * np.pi * p.var).sum(-1)[..., None, :] + quad)
 
 
 def _softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -375,20 +384,11 @@ def _softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return e / s, (np.log(s) + top)[..., 0]
 
 
-def _assign(z: np.ndarray, which: np.ndarray, p: _Params, block: int = 1 << 14) -> tuple[np.ndarray, np.ndarray]:
-    """Most probable component of each row of ``z`` ``(n, p)`` under its class's mixture ``which``
-    ``(n,)``, and its probability: ``p(k | z)`` from the embedding alone (the correctness term
-    marginalised out). In blocks of rows, so the gathered parameters stay small."""
-    cluster = np.zeros(len(z), dtype=np.int64)
-    prob = np.zeros(len(z))
-    for a in range(0, len(z), block):
-        zz, g = z[a:a + block], which[a:a + block]
-        var = p.var[g]
-        logn = -0.5 * (np.log(2 * np.pi * var).sum(-1) + ((zz[:, None, :] - p.mu[g]) ** 2 / var).sum(-1))
-        post, _ = _softmax(p.log_pi[g] + logn)
-        cluster[a:a + block] = post.argmax(axis=1)
-        prob[a:a + block] = post.max(axis=1)
-    return cluster, prob
+def _assign(z: np.ndarray, p: _Params) -> tuple[np.ndarray, np.ndarray]:
+    """Most probable component of each row of ``z`` ``(n, p)`` under one class's mixture, and its
+    probability ``p(k | z)`` from the embedding alone (the correctness term marginalised out)."""
+    post, _ = _softmax(p.log_pi + _log_gauss(z, p))
+    return post.argmax(axis=1), post.max(axis=1)
 
 
 def _em(z: np.ndarray, c: np.ndarray, w: np.ndarray, k: np.ndarray, opts: SliceOptions,
@@ -396,35 +396,55 @@ def _em(z: np.ndarray, c: np.ndarray, w: np.ndarray, k: np.ndarray, opts: SliceO
     """EM for ``G`` padded classes at once: ``z`` ``(G, M, p)``, correctness ``c`` and weights ``w``
     ``(G, M)`` (0 = padding), ``k`` ``(G,)`` components per class (of ``K = max k``). Initialised by
     k-means++ seeding on the embeddings; variances floored at 1e-3 of the class's per-dimension
-    variance; correctness rates Laplace-smoothed."""
-    g = z.shape[0]
+    variance; correctness rates Laplace-smoothed. A class stops when its mean log-likelihood per image
+    moves less than 1e-3 (scikit-learn's tol); converged classes leave the batch once a fifth of it
+    has, so one slow class does not keep the others iterating."""
+    g, _, dim = z.shape
     kk = int(k.max())
     used = np.arange(kk)[None, :] < k[:, None]  # (G, K)
     n = w.sum(axis=1)  # (G,)
-    mean = np.einsum("gm,gmp->gp", w, z) / n[:, None]
-    floor = 1e-3 * np.maximum(np.einsum("gm,gmp->gp", w, (z - mean[:, None]) ** 2) / n[:, None], 1e-12)
+    mean = (w[:, :, None] * z).sum(axis=1) / n[:, None]
+    floor = 1e-3 * np.maximum((w[:, :, None] * (z - mean[:, None]) ** 2).sum(axis=1) / n[:, None], 1e-12)
     resp = _kmeans_pp(z, w, used, np.random.default_rng(list(seed)))
-    gamma = opts.correctness_weight
+    out = _Params(np.full((g, kk), -np.inf), np.zeros((g, kk, dim)), np.ones((g, kk, dim)), np.full((g, kk), 0.5))
+    active = np.arange(g)
     prev = np.full(g, -np.inf)
-    params = None
-    for _ in range(opts.iterations):
-        rw = resp * w[:, :, None]
-        nk = rw.sum(axis=1) + 1e-10  # (G, K)
-        mu = np.einsum("gmk,gmp->gkp", rw, z) / nk[:, :, None]
-        var = np.einsum("gmk,gmp->gkp", rw, z * z) / nk[:, :, None] - mu * mu
-        var = np.maximum(var, floor[:, None, :]) + floor[:, None, :]
-        log_pi = np.where(used, np.log(nk / nk.sum(axis=1, keepdims=True)), -np.inf)
-        pcor = (np.einsum("gmk,gm->gk", rw, c) + 1.0) / (nk + 2.0)
-        params = _Params(log_pi, mu, var, pcor)
-        logit = (log_pi[:, None, :] + _log_gauss(z, params)
-                 + gamma * (c[:, :, None] * np.log(pcor)[:, None, :] + (1 - c[:, :, None]) * np.log1p(-pcor)[:, None, :]))
+    done = np.zeros(g, dtype=bool)
+    for it in range(opts.iterations):
+        params = _m_step(resp, z, c, w, used, floor)
+        logit = (params.log_pi[:, None, :] + _log_gauss(z, params) + opts.correctness_weight
+                 * (c[:, :, None] * np.log(params.p_correct)[:, None, :]
+                    + (1 - c[:, :, None]) * np.log1p(-params.p_correct)[:, None, :]))
         resp, lse = _softmax(logit)
         ll = (lse * w).sum(axis=1) / n
-        if np.all(np.abs(ll - prev) <= 1e-6 * np.maximum(np.abs(ll), 1.0)):
-            break
+        done = np.abs(ll - prev) <= 1e-3
         prev = ll
-    assert params is not None
-    return params
+        last = it == opts.iterations - 1 or done.all()
+        if last or done.sum() >= max(1, len(active) // 5):
+            leave = np.ones(len(active), dtype=bool) if last else done
+            for name in ("log_pi", "mu", "var", "p_correct"):
+                getattr(out, name)[active[leave]] = getattr(params, name)[leave]
+            if last:
+                break
+            keep = ~leave
+            active, z, c, w, used, n, floor, resp, prev = (
+                x[keep] for x in (active, z, c, w, used, n, floor, resp, prev))
+    log.debug("EM for %d classes: %d iterations, %d not converged", g, it + 1, int((~done).sum()))
+    return out
+
+
+def _m_step(resp: np.ndarray, z: np.ndarray, c: np.ndarray, w: np.ndarray, used: np.ndarray,
+            floor: np.ndarray) -> _Params:
+    """Weights, means, floored diagonal variances and smoothed correctness rates from ``resp`` ``(G, M, K)``."""
+    rw = np.swapaxes(resp * w[:, :, None], 1, 2)  # (G, K, M)
+    nk = rw.sum(axis=2) + 1e-10  # (G, K)
+    mu = np.matmul(rw, z) / nk[:, :, None]
+    var = np.matmul(rw, z * z) / nk[:, :, None] - mu * mu
+    var = np.maximum(var, floor[:, None, :]) + floor[:, None, :]
+    with np.errstate(divide="ignore"):
+        log_pi = np.where(used, np.log(nk / nk.sum(axis=1, keepdims=True)), -np.inf)
+    p_correct = (np.matmul(rw, c[:, :, None])[:, :, 0] + 1.0) / (nk + 2.0)
+    return _Params(log_pi, mu, var, p_correct)
 
 
 def _kmeans_pp(z: np.ndarray, w: np.ndarray, used: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -439,8 +459,8 @@ def _kmeans_pp(z: np.ndarray, w: np.ndarray, used: np.ndarray, rng: np.random.Ge
     for j in range(1, kk):
         centres[:, j] = z[rows, _draw(d2 * w, w, rng)]
         d2 = np.minimum(d2, ((z - centres[:, j:j + 1]) ** 2).sum(-1))
-    dist = (np.einsum("gmp,gmp->gm", z, z)[:, :, None] - 2 * np.einsum("gmp,gkp->gmk", z, centres)
-            + np.einsum("gkp,gkp->gk", centres, centres)[:, None, :])
+    dist = ((z * z).sum(-1)[:, :, None] - 2 * np.matmul(z, np.swapaxes(centres, 1, 2))
+            + (centres * centres).sum(-1)[:, None, :])
     dist = np.where(used[:, None, :], dist, np.inf)
     return np.eye(kk)[dist.argmin(axis=2)]
 
@@ -488,7 +508,7 @@ def _report(d: pd.DataFrame, code: np.ndarray, classes: list[str], cluster: np.n
               for j in np.argsort(-rank[c], kind="stable")[: opts.max_slices].tolist() if ok[c, j]]
     if not chosen:
         return []
-    describe = _Describer(d, code)
+    described = _describe(d, code, key, kk, chosen)
     out = []
     order = np.lexsort((-prob, key))  # per (class, cluster): most typical first
     sorted_keys = key[order]
@@ -503,82 +523,100 @@ def _report(d: pd.DataFrame, code: np.ndarray, classes: list[str], cluster: np.n
                   gap=rate_diff_from_counts(k_r, n_r, k_s, n_s, so.conf), fit_gap=float(gap_fit[c, j]),
                   examples=[str(x) for x in ids[wrong[: so.examples]]],
                   members=[str(x) for x in ids[sel[: opts.members]]])
-        s.description, s.facts = describe(c, sel)
+        s.description, s.facts = described[(c, j)]
         out.append(s)
     return out
 
 
-class _Describer:
-    """What sets a slice apart from the rest of its class, from columns the audit already has."""
-
-    def __init__(self, d: pd.DataFrame, code: np.ndarray) -> None:
-        self.d, self.code = d, code
-        self.wrong = d.correct.to_numpy(dtype=np.float64) < 0.5
-        self.pred = d.pred.to_numpy(dtype=object) if "pred" in d else np.full(len(d), None, dtype=object)
-        bs = d.background_share.to_numpy(dtype=np.float64) if "background_share" in d else np.full(len(d), np.nan)
-        osh = d.object_share.to_numpy(dtype=np.float64) if "object_share" in d else np.full(len(d), np.nan)
-        self.numbers = {
-            "off_object_mass": np.where(np.isfinite(bs), bs, 1.0 - osh),
-            "object_area": d.object_area.to_numpy(dtype=np.float64) if "object_area" in d else np.full(len(d), np.nan),
-        }
-        self.rgb = np.full((len(d), 3), np.nan)
-        if "bg_color" in d:
-            has, rgb = bg_colours(d.bg_color.to_numpy())
-            self.rgb[has] = rgb
-        # (row, "key=value") entries of attributes and present co-occurring categories, once for all rows.
-        self.tags: tuple[np.ndarray, np.ndarray] = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object))
-        parts = []
-        if "attributes" in d:
-            rows, keys, vals = _entries(d.attributes.to_numpy())
-            parts.append((rows, [f"{k}={v}" for k, v in zip(keys, vals, strict=True)]))
-        if "other_areas" in d:
-            rows, keys, _ = _entries(d.other_areas.to_numpy())
-            parts.append((rows, [f"with {k}" for k in keys]))
-        if parts:
-            self.tags = (np.concatenate([p[0] for p in parts]),
-                         np.asarray(list(chain.from_iterable(p[1] for p in parts)), dtype=object))
-
-    def __call__(self, c: int, sel: np.ndarray) -> tuple[list[str], dict[str, float]]:
-        mine = np.zeros(len(self.d), dtype=bool)
-        mine[sel] = True
-        rest = (self.code == c) & ~mine
-        text: list[str] = []
-        facts: dict[str, float] = {}
-        wrong = sel[self.wrong[sel]]
-        if len(wrong):
-            preds = pd.Series(self.pred[wrong]).value_counts()
-            if len(preds):
-                text.append(f"predicted {preds.index[0]}: {int(preds.iloc[0])} of {len(wrong)} errors")
-        tag_rows, tags = self.tags
-        if len(tags):
-            here = pd.Series(tags[mine[tag_rows]]).value_counts() / max(len(sel), 1)
-            there = pd.Series(tags[rest[tag_rows]]).value_counts() / max(int(rest.sum()), 1)
-            lift = here.sub(there, fill_value=0.0).sort_values(ascending=False)
-            for tag, v in lift.items():
-                if v < 0.2:
-                    break
-                text.append(f"{tag}: {here.get(tag, 0.0):.0%} (rest of the class {there.get(tag, 0.0):.0%})")
-        for name, what in (("off_object_mass", "off-object CAM mass"), ("object_area", "object area")):
-            a, b = _nanmean(self.numbers[name][mine]), _nanmean(self.numbers[name][rest])
-            facts[name], facts[f"{name}_rest"] = a, b
+def _describe(d: pd.DataFrame, code: np.ndarray, key: np.ndarray, kk: int,
+              chosen: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[list[str], dict[str, float]]]:
+    """What sets each chosen slice apart from the rest of its class, from columns the audit already has:
+    the prediction most of its errors get, attribute values and co-occurring categories at least 20
+    points more common than in the rest of the class, off-object CAM mass, object area and background
+    colour against the rest's. Grouped sums over (class, cluster) keys, one pass for all slices."""
+    n_keys = int(code.max() + 1) * kk if len(code) else 0
+    n_key = np.bincount(key, minlength=n_keys).astype(float)
+    n_cls = np.bincount(code, minlength=n_keys // kk).astype(float)
+    out: dict[tuple[int, int], tuple[list[str], dict[str, float]]] = {cj: ([], {}) for cj in chosen}
+    wrong = d.correct.to_numpy(dtype=np.float64) < 0.5
+    if "pred" in d and wrong.any():
+        errs = pd.DataFrame({"k": key[wrong], "pred": d.pred.to_numpy(dtype=object)[wrong]})
+        top = errs.groupby(["k", "pred"]).size().sort_values(ascending=False, kind="stable")
+        first = top[~top.index.get_level_values(0).duplicated()]
+        total = errs.groupby("k").size()
+        for (k, pred), cnt in first.items():
+            cj = (int(k) // kk, int(k) % kk)
+            if cj in out:
+                out[cj][0].append(f"predicted {pred}: {int(cnt)} of {int(total[k])} errors")
+    tags = _tags(d)
+    if tags is not None:
+        rows, names = tags
+        counts = pd.DataFrame({"k": key[rows], "c": code[rows], "t": names})
+        here = counts.groupby(["k", "t"]).size()
+        per_class = counts.groupby(["c", "t"]).size()
+        for (k, t), h in here.items():
+            cj = (int(k) // kk, int(k) % kk)
+            if cj not in out:
+                continue
+            rest_n = n_cls[cj[0]] - n_key[k]
+            share, rest = h / n_key[k], (per_class[(cj[0], t)] - h) / max(rest_n, 1.0)
+            if share - rest >= 0.2:
+                out[cj][0].append(f"{t}: {share:.0%} (rest of the class {rest:.0%})")
+    bs = d.background_share.to_numpy(dtype=np.float64) if "background_share" in d else np.full(len(d), np.nan)
+    osh = d.object_share.to_numpy(dtype=np.float64) if "object_share" in d else np.full(len(d), np.nan)
+    numbers = {"off_object_mass": ("off-object CAM mass", np.where(np.isfinite(bs), bs, 1.0 - osh)),
+               "object_area": ("object area", d.object_area.to_numpy(dtype=np.float64) if "object_area" in d
+                               else np.full(len(d), np.nan))}
+    for name, (what, v) in numbers.items():
+        mine, rest = _group_means(v[:, None], key, code, kk, n_keys)
+        for cj in chosen:
+            a, b = float(mine[cj[0] * kk + cj[1], 0]), float(rest[cj[0] * kk + cj[1], 0])
+            out[cj][1][name], out[cj][1][f"{name}_rest"] = a, b
             if math.isfinite(a) and math.isfinite(b):
-                text.append(f"{what} {a:.2f} (rest {b:.2f})")
-        a_rgb, b_rgb = _nanmean_rows(self.rgb[mine]), _nanmean_rows(self.rgb[rest])
-        if np.isfinite(a_rgb).all() and np.isfinite(b_rgb).all():
-            dist = float(np.linalg.norm(a_rgb - b_rgb) / (255 * math.sqrt(3)))
-            facts["bg_colour_distance"] = dist
-            text.append(f"background {_hex(a_rgb)} (rest {_hex(b_rgb)}, distance {dist:.2f})")
-        return text, facts
+                out[cj][0].append(f"{what} {a:.2f} (rest {b:.2f})")
+    if "bg_color" in d:
+        rgb = np.full((len(d), 3), np.nan)
+        has, values = bg_colours(d.bg_color.to_numpy())
+        rgb[has] = values
+        mine, rest = _group_means(rgb, key, code, kk, n_keys)
+        for cj in chosen:
+            a, b = mine[cj[0] * kk + cj[1]], rest[cj[0] * kk + cj[1]]
+            if np.isfinite(a).all() and np.isfinite(b).all():
+                dist = float(np.linalg.norm(a - b) / (255 * math.sqrt(3)))
+                out[cj][1]["bg_colour_distance"] = dist
+                out[cj][0].append(f"background {_hex(a)} (rest {_hex(b)}, distance {dist:.2f})")
+    return out
 
 
-def _nanmean(x: np.ndarray) -> float:
-    x = x[np.isfinite(x)]
-    return float(x.mean()) if len(x) else float("nan")
+def _tags(d: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """(row, "key=value" / "with <category>") entries of the attributes and co-occurring categories."""
+    parts = []
+    if "attributes" in d:
+        rows, keys, vals = _entries(d.attributes.to_numpy())
+        parts.append((rows, [f"{k}={v}" for k, v in zip(keys, vals, strict=True)]))
+    if "other_areas" in d:
+        rows, keys, _ = _entries(d.other_areas.to_numpy())
+        parts.append((rows, [f"with {k}" for k in keys]))
+    parts = [p for p in parts if len(p[1])]
+    if not parts:
+        return None
+    return np.concatenate([p[0] for p in parts]), np.asarray(list(chain.from_iterable(p[1] for p in parts)), dtype=object)
 
 
-def _nanmean_rows(x: np.ndarray) -> np.ndarray:
-    x = x[np.isfinite(x).all(axis=1)]
-    return x.mean(axis=0) if len(x) else np.full(3, np.nan)
+def _group_means(v: np.ndarray, key: np.ndarray, code: np.ndarray, kk: int, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per (class, cluster) key: the mean of the finite rows of ``v`` ``(N, q)`` in it and in the rest of
+    its class, ``(n_keys, q)`` each (NaN where there are none)."""
+    ok = np.isfinite(v).all(axis=1)
+    k, c, x = key[ok], code[ok], v[ok]
+    n_k = np.bincount(k, minlength=n_keys).astype(float)
+    n_c = np.bincount(c, minlength=n_keys // kk).astype(float)
+    s_k = np.stack([np.bincount(k, weights=x[:, j], minlength=n_keys) for j in range(v.shape[1])], axis=1)
+    s_c = np.stack([np.bincount(c, weights=x[:, j], minlength=n_keys // kk) for j in range(v.shape[1])], axis=1)
+    cls = np.arange(n_keys) // kk
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mine = s_k / n_k[:, None]
+        rest = (s_c[cls] - s_k) / (n_c[cls] - n_k)[:, None]
+    return mine, rest
 
 
 def _hex(rgb: np.ndarray) -> str:
@@ -590,24 +628,25 @@ def _hex(rgb: np.ndarray) -> str:
 # Spuriosity rankings
 
 
-def _spuriosity(d: pd.DataFrame, code: np.ndarray, classes: list[str], z: np.ndarray, cluster: np.ndarray,
-                fit: np.ndarray, correct: np.ndarray, slices: list[Slice], so: StatOptions,
+def _spuriosity(d: pd.DataFrame, code: np.ndarray, classes: list[str], z: np.ndarray, fit: np.ndarray,
+                correct: np.ndarray, slices: list[Slice], fitted: dict[int, _Params], so: StatOptions,
                 opts: SliceOptions) -> list[Spuriosity]:
     out = []
     bs = d.background_share.to_numpy(dtype=np.float64) if "background_share" in d else np.full(len(d), np.nan)
     osh = d.object_share.to_numpy(dtype=np.float64) if "object_share" in d else np.full(len(d), np.nan)
     off = np.where(np.isfinite(bs), bs, 1.0 - osh)
     out += _ranked(off, code, classes, correct, "off_object_mass", so, opts)
-    top_slice: dict[int, Slice] = {}
-    for s in slices:  # the first reported slice of each class: the largest fit-half gap
-        top_slice.setdefault(classes.index(s.label), s)
+    index = {c: i for i, c in enumerate(classes)}
+    direction = np.full((len(classes), z.shape[1]), np.nan, dtype=z.dtype)
+    for s in slices:  # the first reported slice of each class (the largest fit-half gap): its mean minus
+        c = index[s.label]  # the class's, both from the fitted mixture (no pass over the rows)
+        if c in fitted and not np.isfinite(direction[c]).all():
+            p = fitted[c]
+            d_c = p.mu[s.cluster] - np.exp(p.log_pi) @ p.mu
+            direction[c] = d_c / max(float(np.linalg.norm(d_c)), 1e-12)
+    rows = ~fit & np.isfinite(direction[code]).all(axis=1)
     score = np.full(len(d), np.nan)
-    for c, s in top_slice.items():
-        mine = code == c
-        direction = z[mine & (cluster == s.cluster)].mean(axis=0) - z[mine].mean(axis=0)
-        norm = float(np.linalg.norm(direction))
-        if norm > 0:
-            score[mine & ~fit] = z[mine & ~fit] @ (direction / norm)
+    score[rows] = (z[rows] * direction[code[rows]]).sum(axis=1)
     out += _ranked(score, code, classes, correct, "slice_direction", so, opts)
     return out
 
@@ -618,20 +657,21 @@ def _ranked(score: np.ndarray, code: np.ndarray, classes: list[str], correct: np
     has = np.isfinite(score)
     if not has.any():
         return []
-    frame = pd.DataFrame({"c": code[has], "s": score[has], "r": correct[has] > 0.5})
-    rank = frame.groupby("c").s.rank(method="first").to_numpy()
-    n = frame.groupby("c").s.transform("size").to_numpy()
-    q = np.floor(opts.quantile * n)
-    top, bottom = rank > n - q, rank <= q
-    frame = frame.assign(top=top, bottom=bottom, top_r=top & frame.r.to_numpy(), bottom_r=bottom & frame.r.to_numpy())
-    agg = frame.groupby("c")[["top", "bottom", "top_r", "bottom_r"]].sum()
+    c, sc, right = code[has], score[has], correct[has] > 0.5
+    order = np.lexsort((sc, c))  # per class by score; ties keep row order
+    n_c = np.bincount(c, minlength=len(classes))
+    start = np.concatenate([[0], np.cumsum(n_c)[:-1]])
+    rank = np.empty(len(c), dtype=np.int64)
+    rank[order] = np.arange(len(c)) - start[c[order]]  # 0-based rank within the class
+    q = np.floor(opts.quantile * n_c[c])
+    top, bottom = rank >= n_c[c] - q, rank < q
+    nt, nb = np.bincount(c[top], minlength=len(classes)), np.bincount(c[bottom], minlength=len(classes))
+    kt, kb = np.bincount(c[top & right], minlength=len(classes)), np.bincount(c[bottom & right], minlength=len(classes))
     out = []
-    for c, row in agg.iterrows():  # one Estimate per class
-        nt, nb, kt, kb = (int(row[x]) for x in ("top", "bottom", "top_r", "bottom_r"))
-        if nt == 0 or nb == 0:
-            continue
-        out.append(Spuriosity(classes[int(c)], by, nt, rate_from_counts(kt, nt, so.conf),
-                              rate_from_counts(kb, nb, so.conf), rate_diff_from_counts(kt, nt, kb, nb, so.conf)))
+    for cls in np.flatnonzero((nt > 0) & (nb > 0)).tolist():  # one Estimate per class
+        nt_c, nb_c, kt_c, kb_c = int(nt[cls]), int(nb[cls]), int(kt[cls]), int(kb[cls])
+        out.append(Spuriosity(classes[cls], by, nt_c, rate_from_counts(kt_c, nt_c, so.conf),
+                              rate_from_counts(kb_c, nb_c, so.conf), rate_diff_from_counts(kt_c, nt_c, kb_c, nb_c, so.conf)))
     return out
 
 
