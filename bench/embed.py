@@ -9,7 +9,10 @@ load falls on both settings alike:
   the least of other processes' load in it): the worker's own cost, without Ray; and the
   embedding step alone (:func:`workers.embed.embed` on the batch's activations);
 - **audit**: ``cueaudit run`` end to end (:mod:`bench.e2e`: ResNet-18, JPEG files -> Parquet on a
-  local Ray), the model loop's wall time and the Parquet bytes per row.
+  local Ray), the model loop's wall time and the Parquet bytes per row;
+- **discovery**: :func:`pipeline.analysis.slices.discover` over a million rows of synthetic
+  128-dimensional float16 embeddings in 1,000 classes (a planted 20% slice per class), the
+  analysis the gate adds per model.
 
 The issue's budget is at most 15% more audit time with the embeddings on.
 
@@ -116,10 +119,36 @@ def audit_overhead(images: int = 1024, repeats: int = 2, batch: int = 32, num_cp
     return runs
 
 
+def discovery_time(rows: int = 1_000_000, classes: int = 1000, dims: int = 128, seed: int = 0) -> dict[str, Any]:
+    """Seconds of slice discovery (and its spuriosity rankings) over ``rows`` synthetic images."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.analysis.cues import StatOptions
+    from pipeline.analysis.slices import EmbeddingTable, discover
+
+    rng = np.random.default_rng(seed)
+    labels = np.array([f"c{i}" for i in range(classes)], dtype=object)[rng.integers(0, classes, rows)]
+    cue = rng.random(rows) < 0.2
+    x = rng.normal(size=(rows, dims)).astype(np.float16)
+    x[cue, :8] += 3
+    right = np.where(cue, rng.random(rows) < 0.2, rng.random(rows) < 0.95)
+    ids = np.array([f"img{i:07d}" for i in range(rows)], dtype=object)
+    frame = pd.DataFrame({"image_id": ids, "label": labels, "correct": right.astype(float), "scored": True,
+                          "pred": labels, "object_share": rng.random(rows), "object_area": 0.2,
+                          "background_share": rng.random(rows)})
+    t = time.perf_counter()
+    ev, _ = discover(frame, EmbeddingTable(ids, x, "embedding"), StatOptions())
+    return {"rows": rows, "classes": classes, "dims": dims, "seconds": time.perf_counter() - t,
+            "slices": len(ev.slices), "load_avg": os.getloadavg()[0]}
+
+
 def run_embed_bench(images: int = 1024, repeats: int = 2, scorer_repeats: int = 5, batch: int = 32,
-                    models: tuple[str, ...] = MODELS, cache: Path = Path(".cueaudit/bench")) -> dict[str, Any]:
+                    models: tuple[str, ...] = MODELS, cache: Path = Path(".cueaudit/bench"),
+                    discovery_rows: int = 1_000_000) -> dict[str, Any]:
     return {"scorer": scorer_overhead(models, batch, scorer_repeats, cache),
-            "audit": audit_overhead(images, repeats, batch, cache=cache), "cpus": os.cpu_count()}
+            "audit": audit_overhead(images, repeats, batch, cache=cache), "cpus": os.cpu_count(),
+            "discovery": discovery_time(discovery_rows, classes=max(10, min(1000, discovery_rows // 1000)))}
 
 
 def summary(res: dict[str, Any]) -> dict[str, float]:
@@ -159,6 +188,12 @@ def render_markdown(res: dict[str, Any]) -> str:
         (f"{n} images per audit, runs interleaved off/on ({', '.join(f'{w:.1f}' for w in walls)} s wall in "
          f"run order; peak 1-min load average {max(r['load_avg'] for r in runs):.1f})."),
     ]
+    d = res.get("discovery")
+    if d:
+        lines += ["", "| slice discovery + spuriosity rankings | rows | classes | dimensions | seconds | slices |",
+                  "|---|---|---|---|---|---|",
+                  (f"| `pipeline.analysis.slices.discover` | {d['rows']:,} | {d['classes']:,} | {d['dims']} | "
+                   f"{d['seconds']:.1f} | {d['slices']:,} |")]
     return "\n".join(lines)
 
 
@@ -173,7 +208,10 @@ def interpret(res: dict[str, Any]) -> str:
             f"of the scorer's time ({step['model']}): the pools are weighted sums of the activations the Grad-CAM "
             "pass already holds, plus one projection; differences beyond that between the off and on runs are the "
             "shared machine's load. They add "
-            f"{s['bytes_on'] - s['bytes_off']:.0f} bytes per Parquet row (3 pools of 128 float16, compressed).")
+            f"{s['bytes_on'] - s['bytes_off']:.0f} bytes per Parquet row (3 pools of 128 float16, compressed)."
+            + (f" Slice discovery over {res['discovery']['rows']:,} rows in {res['discovery']['classes']:,} classes "
+               f"takes {res['discovery']['seconds']:.1f} s (1-min load average {res['discovery']['load_avg']:.1f})."
+               if res.get("discovery") else ""))
 
 
 if __name__ == "__main__":

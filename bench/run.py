@@ -55,12 +55,13 @@ class Sizes:
     embed_repeats: int = 2
     embed_scorer_repeats: int = 7
     embed_models: tuple[str, ...] = ("resnet18", "resnet50")
+    discovery_rows: int = 1_000_000
 
 
 FULL = Sizes()
 QUICK = Sizes(engine_models=("resnet18",), engine_batch=4, engine_size=112, engine_repeats=1, e2e_images=48,
               e2e_batch=16, scale_sizes=(100, 400), aggregate_rows=20_000, storage_images=48, embed_images=48,
-              embed_repeats=1, embed_scorer_repeats=1, embed_models=("resnet18",))
+              embed_repeats=1, embed_scorer_repeats=1, embed_models=("resnet18",), discovery_rows=20_000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +366,7 @@ def section_embeddings(sizes: Sizes, cache: Path, ctx: dict[str, Any]) -> str:
     from bench import embed
 
     res = embed.run_embed_bench(sizes.embed_images, sizes.embed_repeats, sizes.embed_scorer_repeats,
-                                models=sizes.embed_models, cache=cache)
+                                models=sizes.embed_models, cache=cache, discovery_rows=sizes.discovery_rows)
     return embed.render_markdown(res) + "\n\n" + embed.interpret(res)
 
 
