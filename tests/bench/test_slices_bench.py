@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.slices import TITLE, _average_precision, into, unannotated_manifest
+from bench.slices import BEGIN, END, SAVED, TITLE, _average_precision, into, table, unannotated_manifest
 from cuebench.synth import SynthConfig, generate
 
 
@@ -37,3 +38,22 @@ def test_into_replaces_only_its_section(tmp_path):
     f.write_text(f"# C\n\n{TITLE}\n\nold\n\n## After\n\nstays\n")
     into(f, f"{TITLE}\n\nnew\n")
     assert f.read_text() == f"# C\n\n{TITLE}\n\nnew\n\n## After\n\nstays\n"
+
+
+def test_into_fills_the_readme_markers_with_the_table(tmp_path):
+    rows = [{"cue": "watermark", "seed": 1, "model": "watermark-biased", "variant": "biased", "found": True,
+             "p_at_10": 1.0, "recall": 0.9, "precision": 0.8, "flagged": 3, "slice_gap": "FAIL",
+             "attribute_gap": "SKIP", "seconds": 0.2, "flagged_conflicting": 9, "conflicting": 10,
+             "flagged_members": 11}]
+    f = tmp_path / "README.md"
+    f.write_text(f"a\n{BEGIN}\nold\n{END}\nb\n")
+    into(f, "ignored", rows)
+    assert f.read_text() == f"a\n{BEGIN}\n{table(rows)}{END}\nb\n"
+
+
+def test_readme_shows_the_saved_measurement():
+    root = Path(__file__).resolve().parents[2]
+    saved = json.loads((root / SAVED).read_text())
+    block = (root / "README.md").read_text().split(BEGIN, 1)[1].split(END, 1)[0]
+    assert block.strip() == table(saved["rows"]).strip(), (
+        "run `python -m bench.slices --from-json docs/slices-benchmark.json --into README.md`")
