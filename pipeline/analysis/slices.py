@@ -241,10 +241,12 @@ def discover(frame: pd.DataFrame, emb: EmbeddingTable, so: StatOptions,
     members = pd.DataFrame({"image_id": ids, "label": labels, "cluster": cluster, "prob": prob, "held_out": ~fit,
                             "slice": None})
     ev.slices = _report(d, code, classes, cluster, prob, fit, correct, fitted, so, opts)
-    scope = {(s.label, s.cluster): s.scope for s in ev.slices}
-    if scope:
-        keys = pd.Series(list(zip(labels.tolist(), cluster.tolist(), strict=True)), dtype=object)
-        members["slice"] = keys.map(scope).to_numpy(dtype=object)
+    if ev.slices:
+        lookup = np.full(len(classes) * opts.components, None, dtype=object)  # (class, cluster) -> scope
+        index = {c: i for i, c in enumerate(classes)}
+        for sl in ev.slices:
+            lookup[index[sl.label] * opts.components + sl.cluster] = sl.scope
+        members["slice"] = lookup[code * opts.components + cluster]
     ev.spuriosity = _spuriosity(d, code, classes, z, fit, correct, ev.slices, fitted, so, opts)
     return ev, members
 

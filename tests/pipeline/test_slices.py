@@ -159,3 +159,41 @@ def test_the_gate_fails_a_cue_it_was_never_told_about(tmp_path):
     md = markdown(v)
     assert "slice `c" in md and "what sets it apart" in md and "stamp=yes" in md
     assert SliceOptions().column == "embedding"
+
+
+def test_mixture_matches_scikit_learn_without_the_correctness_term():
+    """Two classes fitted in one padded batch: with gamma = 0 the EM is a diagonal Gaussian mixture,
+    and on three separated blobs it finds scikit-learn's partition."""
+    sklearn = pytest.importorskip("sklearn.mixture")
+    from sklearn.metrics import adjusted_rand_score
+
+    from pipeline.analysis.slices import _assign, _em, _pad, _Params
+
+    rng = np.random.default_rng(0)
+    blobs = [np.concatenate([rng.normal(m, 0.3, size=(n, 4)) for m, n in ((0, 60), (3, 40), (-3, 50))])
+             for _ in range(2)]
+    z = np.concatenate(blobs).astype(np.float32)
+    groups = [np.arange(150), np.arange(150, 300)]
+    zp, cp, wp = _pad(z, np.ones(len(z)), groups)
+    params = _em(zp, cp, wp, np.array([3, 3]), SliceOptions(correctness_weight=0.0), seed=(0, 0))
+    for j, g in enumerate(groups):
+        mine = _Params(params.log_pi[j], params.mu[j], params.var[j], params.p_correct[j])
+        ours, _ = _assign(z[g], mine)
+        theirs = sklearn.GaussianMixture(3, covariance_type="diag", random_state=0).fit_predict(z[g])
+        assert adjusted_rand_score(ours, theirs) == 1.0
+
+
+def test_the_correctness_term_splits_what_the_embedding_cannot():
+    """One blob, half of it wrong: without the correctness term the components ignore it; with
+    Domino's weight a component is (almost) all errors on the fit half."""
+    from pipeline.analysis.slices import _em, _pad
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(200, 4)).astype(np.float32)
+    c = (np.arange(200) % 2).astype(np.float32)
+    zp, cp, wp = _pad(z, c, [np.arange(200)])
+    for gamma, purest in ((0.0, 0.7), (10.0, 0.95)):
+        p = _em(zp, cp, wp, np.array([4]), SliceOptions(correctness_weight=gamma), seed=(0, 0))
+        rate = p.p_correct[0][np.isfinite(p.log_pi[0])]
+        extreme = np.maximum(rate, 1 - rate).max()
+        assert (extreme > purest) if gamma else (extreme < purest), (gamma, rate)
