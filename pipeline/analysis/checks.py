@@ -353,6 +353,8 @@ class SliceGap(Check):
 
     def findings(self, ev: ModelEvidence, ctx: CheckContext, pol: Any) -> list[Finding] | str:
         s = ev.slices
+        if s.error:
+            raise RuntimeError(f"slice discovery failed: {s.error}")
         if s.n == 0:
             return s.note or "no embeddings in these results (audit with `embedding: {enabled: true}`)"
         if not s.slices:

@@ -153,6 +153,7 @@ class SliceEvidence:
     slices: list[Slice] = field(default_factory=list)
     spuriosity: list[Spuriosity] = field(default_factory=list)
     note: str = ""  # why nothing was searched
+    error: str = ""  # why the search broke (the slice_gap check reports it as ERROR)
 
 
 def slice_scope(label: str, cluster: int) -> str:
@@ -683,8 +684,13 @@ def _ranked(score: np.ndarray, code: np.ndarray, classes: list[str], correct: np
 
 def model_slices(root: str | os.PathLike[str], model: str, frame: pd.DataFrame, so: StatOptions,
                  opts: SliceOptions = SliceOptions(), as_of: str | None = None) -> SliceEvidence:
-    """:func:`discover` on the stored embeddings of ``model`` (its rows of ``frame``)."""
-    return discover(frame, load_embeddings(root, model, opts.column, as_of), so, opts)[0]
+    """:func:`discover` on the stored embeddings of ``model`` (its rows of ``frame``); a failure is
+    kept in ``error`` (and logged) so that the check reports it instead of the gate stopping."""
+    try:
+        return discover(frame, load_embeddings(root, model, opts.column, as_of), so, opts)[0]
+    except Exception as e:  # a broken analysis is reported as the check's ERROR, never hidden
+        log.exception("slice discovery failed for model %s", model)
+        return SliceEvidence(column=opts.column, error=f"{type(e).__name__}: {e}")
 
 
 def markdown_lines(ev: SliceEvidence, statuses: dict[str, str], limit: int = 5) -> list[str]:

@@ -197,3 +197,15 @@ def test_the_correctness_term_splits_what_the_embedding_cannot():
         rate = p.p_correct[0][np.isfinite(p.log_pi[0])]
         extreme = np.maximum(rate, 1 - rate).max()
         assert (extreme > purest) if gamma else (extreme < purest), (gamma, rate)
+
+
+def test_a_broken_search_is_the_checks_error_not_the_gates(tmp_path):
+    """Embeddings of two lengths for one model cannot be clustered: slice_gap is ERROR (and the model
+    with it), the other checks still run."""
+    frame, x, _ = _planted(n=60, seed=6)
+    root = _results(tmp_path, {"m": (frame.iloc[:30], x[:30, :48])})
+    _results(tmp_path, {"m": (frame.iloc[30:], np.ascontiguousarray(x[30:, :40]))})
+    v = evaluate(root)
+    by = {c.check: c for c in v.models[0].checks}
+    assert by["slice_gap"].status == "ERROR" and "different lengths" in by["slice_gap"].message
+    assert by["attribute_gap"].status != "ERROR" and v.models[0].status == "FAIL"
