@@ -52,7 +52,7 @@ class Sizes:
     aggregate_rows: int = 1_000_000
     storage_images: int = 1024
     embed_images: int = 1024
-    embed_repeats: int = 2
+    embed_repeats: int = 3
     embed_scorer_repeats: int = 7
     embed_models: tuple[str, ...] = ("resnet18", "resnet50")
     discovery_rows: int = 1_000_000

@@ -31,7 +31,7 @@ when positive, worse when negative. It is context (INFO), not judged.
 
 Deterministic for a seed; vectorised over images (mixtures are fitted for chunks of classes at once
 on padded arrays; nothing loops over rows in Python), and the fit uses at most ``max_fit`` images
-per class, so a million rows cost seconds.
+per class: a million rows in 1,000 classes take 19 s on two busy cores (BENCHMARKS.md, section 6).
 
 >>> ev, members = discover(frame, load_embeddings("results", "resnet50"), StatOptions())  # doctest: +SKIP
 >>> [(s.label, s.gap.fmt(), s.description[:2]) for s in ev.slices[:1]]                      # doctest: +SKIP
