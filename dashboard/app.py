@@ -16,13 +16,14 @@ import streamlit as st
 from common.storage import as_path
 from dashboard import ENV_POLICY, ENV_RESULTS, data
 from dashboard.views import compare, explorer, model, overview, review
+from dashboard.views import slices as slices_view
 from dashboard.views.common import PAGES, Ctx, overlay_controls
 from pipeline.config import ConfigError
 from pipeline.schema import ResultsError, is_results_dir, part_files
 from pipeline.triage import ENV_REVIEW_DB
 
 RENDER = {"Overview": overview.render, "Model": model.render, "Image explorer": explorer.render,
-          "Compare": compare.render, "Review": review.render}
+          "Compare": compare.render, "Review": review.render, "Slices": slices_view.render}
 
 
 def arguments() -> tuple[str | None, str | None]:

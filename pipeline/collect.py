@@ -1,7 +1,7 @@
 """Worker output columns -> rows of the Parquet schema.
 
 Workers send Arrow-friendly primitives (-1 for a missing index, NaN for a missing float or bool,
-JSON strings for maps, raw float32 bytes for the map); this is the one place that turns them into
+JSON strings for maps, raw float32 bytes for the map, float16 bytes for the embeddings); this is the one place that turns them into
 the typed, nullable columns of :data:`pipeline.schema.RESULT_SCHEMA`.
 """
 
@@ -44,14 +44,15 @@ def _rows_or_null(a: np.ndarray, width: int) -> list[list[float] | None]:
     return [None if b else row.tolist() for row, b in zip(a, bad, strict=True)]
 
 
-def _cam_array(blobs: np.ndarray) -> pa.Array:
-    """float32 bytes per row -> list<float32> without a Python loop over values."""
-    lengths = np.array([len(b) // 4 if isinstance(b, bytes | bytearray) else 0 for b in blobs], dtype=np.int64)
+def _cam_array(blobs: np.ndarray, dtype: type[np.floating] = np.float32) -> pa.Array:
+    """Bytes of ``dtype`` values per row (None: a null row) -> list<dtype> without a Python loop over values."""
+    size = np.dtype(dtype).itemsize
+    lengths = np.array([len(b) // size if isinstance(b, bytes | bytearray) else 0 for b in blobs], dtype=np.int64)
     valid = np.array([isinstance(b, bytes | bytearray) for b in blobs], dtype=bool)
     offsets = np.zeros(len(blobs) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    values = np.frombuffer(b"".join(b for b in blobs if isinstance(b, bytes | bytearray)), dtype=np.float32)
-    arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float32()),
+    values = np.frombuffer(b"".join(b for b in blobs if isinstance(b, bytes | bytearray)), dtype=dtype)
+    arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.from_numpy_dtype(dtype)),
                                    mask=pa.array(~valid))
     return arr
 
@@ -90,6 +91,9 @@ def worker_table(batch: Mapping[str, Any], *, run_id: str, model: str, fingerpri
     for k in ("cam", "fine_cam", "cam_other"):
         if k in batch:
             cols[k] = _cam_array(np.asarray(batch[k], dtype=object))
+    for k in ("embedding", "embedding_off", "embedding_on"):  # float16 bytes per row (workers.embed)
+        if k in batch:
+            cols[k] = _cam_array(np.asarray(batch[k], dtype=object), np.float16)
     if "view_box" in batch:
         cols["view_box"] = _rows_or_null(batch["view_box"], 4)
     if "bg_color" in batch:

@@ -328,6 +328,17 @@ class CounterfactualConfig(_Frozen):
     dilation: float = Field(default=DEFAULT_DILATION, ge=0, le=1)
 
 
+class EmbeddingConfig(_Frozen):
+    """Per-image embeddings at the CAM layer (:mod:`workers.embed`), which slice discovery clusters:
+    the global average of the activations and its CAM-weighted split off / on the object mask,
+    taken from the Grad-CAM pass (no extra forward), float16. Layers with more than ``dim`` channels
+    are reduced by a fixed Gaussian random projection seeded with ``seed``."""
+
+    enabled: bool = True
+    dim: int = Field(default=128, ge=8, le=4096)
+    seed: int = 0
+
+
 class ExecutionConfig(_Frozen):
     address: str | None = None
     workers: int | None = Field(default=None, ge=1)
@@ -364,6 +375,7 @@ class AuditConfig(_Frozen):
     fine_layer: str = "auto"
     cam: str = "gradcam"
     counterfactual: CounterfactualConfig = CounterfactualConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
     execution: ExecutionConfig = ExecutionConfig()
     storage: StorageConfig = StorageConfig()
 
@@ -575,6 +587,22 @@ class AttributePolicy(CheckPolicy):
     attributes: tuple[str, ...] | None = None
 
 
+class SlicePolicy(CheckPolicy):
+    """Slices discovered on the model's own embeddings, no annotation needed
+    (:mod:`pipeline.analysis.slices`): the held-out accuracy of the rest of a class minus the
+    slice's (above = worse), Holm-corrected over every reported slice. ``embedding``: the pool that
+    is clustered (``embedding``, ``embedding_off``, ``embedding_on``); ``components``: mixture
+    components per class; ``max_slices``: slices reported per class; ``correctness_weight``:
+    Domino's weight on the correctness term of the mixture."""
+
+    warn: float = 0.10
+    fail: float = 0.20
+    embedding: Literal["embedding", "embedding_off", "embedding_on"] = "embedding"
+    components: int = Field(default=8, ge=2, le=64)
+    max_slices: int = Field(default=3, ge=1, le=50)
+    correctness_weight: float = Field(default=10.0, ge=0)
+
+
 class RegressionPolicy(CheckPolicy):
     """Drop against a baseline run of object_lift and of accuracy, paired on shared images (above = worse)."""
 
@@ -588,6 +616,7 @@ class ChecksPolicy(_Frozen):
     cooccurrence_cue: CooccurrencePolicy = CooccurrencePolicy()
     counterfactual_flip: CounterfactualPolicy = CounterfactualPolicy()
     attribute_gap: AttributePolicy = AttributePolicy()
+    slice_gap: SlicePolicy = SlicePolicy()
     regression: RegressionPolicy = RegressionPolicy()
 
 

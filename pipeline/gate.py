@@ -30,6 +30,7 @@ from pipeline.analysis.checks import (
 from pipeline.analysis.cues import StatOptions
 from pipeline.analysis.evidence import ModelEvidence, analyse, to_jsonable
 from pipeline.analysis.frame import load_frame
+from pipeline.analysis.slices import SliceOptions, markdown_lines, model_slices
 from pipeline.config import GatePolicy
 from pipeline.schema import ResultsError, is_results_dir, part_files, read_runs
 from pipeline.triage import ModelReview, current_fingerprints, open_for_reading, summarise
@@ -70,6 +71,14 @@ class Verdict:
 
 def stat_options(policy: GatePolicy) -> StatOptions:
     return StatOptions(conf=policy.confidence, n_boot=policy.bootstrap, seed=policy.seed)
+
+
+def slice_options(policy: GatePolicy) -> SliceOptions:
+    """How the ``slice_gap`` policy searches: its embedding pool, components and slices per class."""
+    p = policy.checks.slice_gap
+    return SliceOptions(column=p.embedding, components=p.components, max_slices=p.max_slices,
+                        correctness_weight=p.correctness_weight, min_held_out=p.min_n or policy.min_n,
+                        seed=policy.seed)
 
 
 def resolve_baseline(root: AnyPath, baseline: str) -> tuple[AnyPath, str | None, str]:
@@ -117,7 +126,10 @@ def evaluate(root: str | os.PathLike[str], policy: GatePolicy | None = None, mod
         base_ev = analyse(base_frame, so)
     verdicts = []
     for name, ev in evidence.items():
-        ctx = CheckContext(policy, so, frame=df[df.model == name],
+        mine = df[df.model == name]
+        if policy.checks.slice_gap.enabled:  # embeddings are read per model, only when the check runs
+            ev.slices = model_slices(root, name, mine, so, slice_options(policy))
+        ctx = CheckContext(policy, so, frame=mine,
                            baseline=(base_ev or {}).get(name),
                            baseline_frame=None if base_frame is None else base_frame[base_frame.model == name])
         results = run_checks(ev, ctx)
@@ -216,6 +228,8 @@ def markdown(v: Verdict) -> str:
                 out.append(f"  - example images: {', '.join(f'`{x}`' for x in r.examples[:5])}")
             for f in r.inconclusive:
                 out.append(f"  - inconclusive `{f.scope}` {f.statistic} = {f.estimate.fmt()}: {f.reason}")
+            if r.check == "slice_gap":
+                out.extend(markdown_lines(m.evidence.slices, {f.scope: f.status for f in r.findings}))
         if review is not None and not review.empty:
             out.append(f"- 🔎 Review: {review.sentence()}.")
         out.append("")

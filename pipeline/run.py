@@ -159,6 +159,9 @@ def plan_models(loaded: LoadedConfig, manifest: pa.Table | None = None) -> list[
             label_map=mcfg.label_map_items(),
             fine_layer=fine,
             both_maps=cfg.both_maps_when_wrong,
+            embedding=cfg.embedding.enabled,
+            embedding_dim=cfg.embedding.dim,
+            embedding_seed=cfg.embedding.seed,
         )
         cf = cfg.counterfactual.model_dump(exclude={"enabled", "fill"}) if cfg.counterfactual.enabled else None
         try:

@@ -106,6 +106,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("cf_ctx_score", _F32, "context ablation: target probability"),
     Column("cf_ctrl_pred", pa.string(), "context ablation's control: prediction with same-size patches of plain background removed"),
     Column("cf_ctrl_score", _F32, "context ablation's control: target probability"),
+    # Embeddings at the CAM layer (workers/embed.py), for slice discovery (pipeline/analysis/slices.py).
+    Column("embedding", pa.list_(pa.float16()), "global average of the CAM layer's activations, float16 (random-projected to embedding.dim when the layer has more channels)"),
+    Column("embedding_off", pa.list_(pa.float16()), "the same activations pooled with weights CAM x (1 - object mask): what the map looks at off the object (null without a mask)"),
+    Column("embedding_on", pa.list_(pa.float16()), "the same pooled with weights CAM x object mask: what the map looks at on the object (null without a mask)"),
     Column("attributes", pa.map_(pa.string(), pa.string()), "image attributes from the dataset (groups for worst-group analysis)"),
     Column("annotations", pa.string(), "the image's object annotations as JSON (source coordinates), for outlines"),
     Column("error", pa.string(), "null, or why this image could not be scored (names the file and the problem)"),

@@ -114,7 +114,9 @@ class CAMResult:
     ``maps`` ``(N, h, w)`` float32 at feature resolution, ReLU applied, not normalised;
     ``logits`` the model output as float32 (``(N, classes)`` for classifiers); ``scores`` ``(N,)``
     float32 the differentiated scores; ``targets`` ``(N,)`` long class indices, or ``None`` when a
-    callable reduced the output; ``layer`` the resolved layer spec.
+    callable reduced the output; ``layer`` the resolved layer spec. ``activations`` ``(N, C, h, w)``
+    float32 the feature map ``A`` the maps were computed from (for embeddings pooled from the same
+    pass: :mod:`workers.embed`).
     """
 
     maps: Tensor
@@ -123,6 +125,7 @@ class CAMResult:
     targets: Tensor | None
     layer: str
     extra: dict[str, Tensor] = field(default_factory=dict)
+    activations: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -498,6 +501,7 @@ class BaseCAM:
             # Images are independent in eval mode, so d(sum of scores)/dA is each image's own dy/dA.
             grads = torch.autograd.grad(scores.float().sum(), acts, allow_unused=True)
             maps: dict[str, Tensor] = {}
+            main_acts: Tensor | None = None
             for layer, a, g in zip(infos, acts, grads, strict=True):
                 if g is None:
                     raise ValueError(f"the scores do not depend on layer {layer.name!r}; {self._candidates(x)}")
@@ -505,6 +509,8 @@ class BaseCAM:
                     a32 = layer.to_nchw(a.detach()).float()
                     weights = self._weights(a32, layer.to_nchw(g).float())
                     maps[layer.name] = torch.einsum("nc,nchw->nhw", weights, a32).relu_()
+                if layer.name == info.name:
+                    main_acts = a32
         return CAMResult(
             maps=maps.pop(info.name),
             logits=output.detach().float(),
@@ -512,6 +518,7 @@ class BaseCAM:
             targets=target_idx,
             layer=info.name,
             extra=maps,
+            activations=main_acts,
         )
 
     def _forward(self, x: Tensor, infos: list[LayerInfo], dtype: torch.dtype | None) -> tuple[list[Tensor], Tensor]:

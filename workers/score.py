@@ -7,7 +7,7 @@ come back. All math runs on the device in fp32.
 
 Output columns (numpy, one entry per input row, errors included) follow the names of
 :mod:`pipeline.schema` (plus ``_t_*`` timing columns the driver aggregates and drops); nullable ints use -1, nullable floats and booleans NaN, maps JSON strings,
-``cam`` the float32 bytes of the (cam_h * cam_w) map, so Ray can move them as plain Arrow columns. The driver turns them into the Parquet schema.
+``cam`` the float32 bytes of the (cam_h * cam_w) map, the embeddings float16 bytes, so Ray can move them as plain Arrow columns. The driver turns them into the Parquet schema.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import torch
 
 from common.labelmaps import ClassIndex, label_sets
 from workers.cam import make_cam
+from workers.embed import COLUMNS as EMBEDDING_COLUMNS
+from workers.embed import embed, projection
 from workers.metrics import background_color, coarse_map_warning, mass_metrics
 from workers.models import LoadedModel, ModelSpec, load_model
 
@@ -41,7 +43,7 @@ RESULT_KEYS = (
     "other_shares", "other_areas", "bg_color", "metric_note", "annotations", "attributes", "error", "error_kind",
     "scored_at", "cf_fill_pred", "cf_fill_score", "cf_rand_pred", "cf_rand_score", "cf_rand_donor",
     "cf_same_pred", "cf_same_score", "cf_same_donor", "cf_ctx_pred", "cf_ctx_score", "cf_ctrl_pred",
-    "cf_ctrl_score", "cam_other",
+    "cf_ctrl_score", "cam_other", "embedding", "embedding_off", "embedding_on",
 ) + FINE_KEYS  # fmt: skip
 
 COMPILED_PREFIX = "_orig_mod."
@@ -81,6 +83,9 @@ class ScoreOptions:
     label_map: LabelMapItems | None = None
     fine_layer: str | None = None
     both_maps: bool = False  # also store the map of the other class of (pred, label) where they differ
+    embedding: bool = True  # pooled CAM-layer features per image (workers.embed), for slice discovery
+    embedding_dim: int = 128  # random projection to this many dimensions when the layer has more channels
+    embedding_seed: int = 0  # seed of that projection
 
 
 def pick_device(want: str) -> torch.device:
@@ -127,6 +132,7 @@ class Scorer:
         except ValueError as e:
             raise ValueError(f"model {spec.name!r}: {e}") from None
         self._warned_coarse = False
+        self._projections: dict[int, torch.Tensor | None] = {}  # channels -> fixed projection (embeddings)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -310,6 +316,8 @@ class Scorer:
         if self.opts.counterfactual:
             cf = self._counterfactuals(batch, ok, pixels, target_mask, has_target, tgt)
 
+        emb = self._embeddings(res, maps, target_mask, ht) if self.opts.embedding else {}
+
         if not self._warned_coarse:
             msg = coarse_map_warning(mm.object_cells[ht], (maps.shape[1], maps.shape[2]))
             if msg:
@@ -355,6 +363,11 @@ class Scorer:
         if other_maps is not None:
             for j, m in zip(other_rows.tolist(), other_maps.reshape(len(other_rows), -1).cpu().numpy(), strict=True):
                 out["cam_other"][ok[j]] = m.astype(np.float32).tobytes()
+        for key, e in emb.items():  # float16 bytes per row, None where the pool is undefined
+            e_np = e.to(torch.float16).cpu().numpy()
+            bad = np.isnan(e_np).any(axis=1)
+            for j, i in enumerate(ok):
+                out[key][i] = None if bad[j] else e_np[j].tobytes()
         for key, (p, s) in cf.items():
             p_np, s_np = p.cpu().numpy(), s.float().cpu().numpy()
             for j, i in enumerate(ok):
@@ -392,6 +405,17 @@ class Scorer:
         if rows.numel() == 0:
             return np.zeros(0, np.int64), None
         return rows.cpu().numpy(), self.cam(x[rows], targets=other[rows]).maps.float()
+    def _embeddings(self, res: Any, maps: torch.Tensor, target_mask: torch.Tensor,
+                    has_target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The CAM layer's pooled, off-object and on-object embeddings (:mod:`workers.embed`), from the
+        activations the engine already holds: no extra forward."""
+        if res.activations is None:
+            raise RuntimeError(f"CAM method {self.opts.cam!r} returns no activations; set embedding.enabled: false")
+        c = int(res.activations.shape[1])
+        if c not in self._projections:
+            p = projection(c, self.opts.embedding_dim, self.opts.embedding_seed)
+            self._projections[c] = None if p is None else p.to(self.device)
+        return embed(res.activations, maps, target_mask, has_target, self._projections[c]).columns()
 
     def _counterfactuals(self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor, t: torch.Tensor,
                          has_target: np.ndarray, tgt: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -482,6 +506,8 @@ def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
     out.update(fine_layer=obj(), fine_cam=obj(), fine_other_shares=obj(), fine_cam_h=np.zeros(n, np.int16),
                fine_cam_w=np.zeros(n, np.int16), fine_object_share=nan(), fine_object_cells=nan(),
                fine_background_share=nan(), fine_pointing_hit=nan())
+    for key in EMBEDDING_COLUMNS:
+        out[key] = obj()
     # Normalise error strings: Ray may hand NaN/"" for missing values.
     for key in ("error", "error_kind"):
         out[key] = np.array([v if isinstance(v, str) and v else None for v in out[key]], dtype=object)

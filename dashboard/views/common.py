@@ -19,7 +19,7 @@ STATUS_BG = {"PASS": "#d1f2d9", "WARN": "#fff0c2", "FAIL": "#f9c9cc", "ERROR": "
              "INFO": "#d6ecfa"}
 STATUS_MD = {"PASS": "green", "WARN": "orange", "FAIL": "red", "ERROR": "violet", "SKIP": "gray"}
 
-PAGES = ("Overview", "Model", "Image explorer", "Compare", "Review")
+PAGES = ("Overview", "Model", "Image explorer", "Compare", "Review", "Slices")
 
 
 @dataclass(frozen=True)

@@ -363,13 +363,57 @@ class AttributeGapCheck(Check):
         return out
 
     def summary(self, judged: list[Finding]) -> Finding | None:
-        tested = [f for f in judged if f.tested]
-        if not tested:
-            return None
-        top = min(tested, key=lambda f: (-RANK[f.status] if f.status in (WARN, FAIL) else 0, f.p_fail,
-                                         -f.estimate.value))
-        return dataclasses.replace(top, scope="model", family=None, summarises=top.scope,
-                                   note=f"most extreme of {len(tested)} (label, value) groups: {top.note}")
+        return most_extreme(judged, "(label, value) groups")
+
+
+def most_extreme(judged: list[Finding], what: str) -> Finding | None:
+    """A model-level copy of a family's most extreme tested member (flagged first, then the smallest
+    p-value of lying beyond the fail threshold); it keeps the member's status."""
+    tested = [f for f in judged if f.tested and f.family is not None]
+    if not tested:
+        return None
+    top = min(tested, key=lambda f: (-RANK[f.status] if f.status in (WARN, FAIL) else 0, f.p_fail,
+                                     -f.estimate.value))
+    return dataclasses.replace(top, scope="model", family=None, summarises=top.scope,
+                               note=f"most extreme of {len(tested)} {what}: {top.note}")
+
+
+@register
+class SliceGap(Check):
+    """Slices nobody annotated: per class, clusters of the model's own embeddings whose held-out accuracy
+    falls far below the rest of their class (Domino, Eyuboglu et al. 2022; :mod:`.slices`).
+
+    Every reported slice of every class is one Holm family; the model-level finding is the most
+    extreme slice. The spuriosity gaps (Moayeri et al. 2023) come along as context (INFO).
+    """
+
+    name = "slice_gap"
+    title = "Underperforming slices of the model's embeddings (no annotation needed)"
+    statistic = "accuracy_gap"
+    direction = "above"
+
+    def findings(self, ev: ModelEvidence, ctx: CheckContext, pol: Any) -> list[Finding] | str:
+        s = ev.slices
+        if s.error:
+            raise RuntimeError(f"slice discovery failed: {s.error}")
+        if s.n == 0:
+            return s.note or "no embeddings in these results (audit with `embedding: {enabled: true}`)"
+        if not s.slices:
+            return (f"no cluster of the {s.n} images' {s.column} is less accurate than the rest of its class on "
+                    "the fit half: no slice to test")
+        out = []
+        for sl in s.slices:
+            note = (f"{sl.size} images ({sl.held_out} held out): accuracy {sl.accuracy.fmt(True)} vs the rest of "
+                    f"{sl.label} {sl.rest.fmt(True)}" + (f"; {'; '.join(sl.description[:3])}" if sl.description else ""))
+            out.append(Finding(sl.scope, "accuracy_gap", sl.gap, note=note, examples=sl.examples, family="slice"))
+        for sp in s.spuriosity:
+            out.append(Finding(f"class:{sp.label}", f"spuriosity_gap[{sp.by}]", sp.gap, judged=False,
+                               note=f"top {sp.n} by {sp.by}: accuracy {sp.top.fmt(True)} vs bottom {sp.n} "
+                                    f"{sp.bottom.fmt(True)}"))
+        return out
+
+    def summary(self, judged: list[Finding]) -> Finding | None:
+        return most_extreme(judged, "slices")
 
 
 @register

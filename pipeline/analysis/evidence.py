@@ -26,6 +26,7 @@ from pipeline.analysis.cues import (
     counterfactual,
 )
 from pipeline.analysis.resolution import FineEvidence, fine_evidence
+from pipeline.analysis.slices import SliceEvidence
 from pipeline.analysis.stats import NAN, Estimate, median_ci
 
 ALL = "(all)"
@@ -67,6 +68,7 @@ class ModelEvidence:
     attributes: list[AttributeGap]
     run_ids: list[str] = field(default_factory=list)
     fine: FineEvidence | None = None  # saliency at the finer layer audited beside a coarse one
+    slices: SliceEvidence = field(default_factory=SliceEvidence)  # filled by the gate from the embeddings
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)

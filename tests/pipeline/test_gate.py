@@ -115,7 +115,8 @@ def test_usage_and_data_errors_exit_2(demo_results, tmp_path):
 
 
 def test_policy_severity_turns_failures_into_warnings(demo_results, tmp_path):
-    checks = ("background_reliance", "background_colour_cue", "cooccurrence_cue", "counterfactual_flip", "attribute_gap")
+    checks = ("background_reliance", "background_colour_cue", "cooccurrence_cue", "counterfactual_flip", "attribute_gap",
+              "slice_gap")
     pol = tmp_path / "warn.yaml"
     pol.write_text(yaml.safe_dump({"checks": {c: {"severity": "warn"} for c in checks}}))
     r = runner.invoke(app, ["gate", str(demo_results), "--policy", str(pol), "-q"])

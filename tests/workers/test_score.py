@@ -306,3 +306,27 @@ def test_both_maps_store_the_other_classs_map_where_pred_and_label_differ(tmp_pa
     t = worker_table(both, run_id="r", model="tiny", fingerprint="f", dataset_root=str(tmp_path))
     assert t.column("cam_other").null_count == 3
     assert Scorer(SPEC, ScoreOptions())(prepared)["cam_other"].tolist() == [None] * 6  # off by default
+
+
+def test_embeddings_come_from_the_cam_layer(batch):
+    """``embedding`` is the CAM layer's global average (the head's own pooled features here: a
+    GAP -> linear net), stored as float16; the off/on split needs the object mask."""
+    prepared = prepare_batch(batch, PrepareOptions(PRE))
+    scorer = Scorer(SPEC, ScoreOptions())
+    t = worker_table(scorer(prepared), run_id="r", model="tiny", fingerprint="f")
+    assert t.schema.field("embedding").type == RESULT_SCHEMA.field("embedding").type
+    rows = t.to_pylist()
+    seen = {}
+    handle = scorer.model.module.pool.register_forward_hook(lambda m, i, o: seen.setdefault("pooled", o.flatten(1)))
+    try:
+        scorer.cam(scorer._normalise(torch.from_numpy(np.asarray(prepared["pixels"])[:1])))
+    finally:
+        handle.remove()
+    pooled = seen["pooled"][0].detach().numpy()
+    assert np.asarray(rows[0]["embedding"], np.float32) == pytest.approx(pooled, rel=2e-3, abs=1e-3)
+    assert len(rows[0]["embedding_off"]) == len(rows[0]["embedding_on"]) == 8
+    assert rows[1]["embedding"] is not None and rows[1]["embedding_off"] is None  # no mask: no split
+    assert [r["embedding"] is None for r in rows] == [r["error"] is not None for r in rows]
+    off = worker_table(Scorer(SPEC, ScoreOptions(embedding=False))(prepared), run_id="r", model="tiny",
+                       fingerprint="f")
+    assert off.column("embedding").null_count == off.num_rows
