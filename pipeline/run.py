@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -72,6 +73,10 @@ BLOCK_ROWS_PER_BATCH = 4  # manifest blocks of a few batches: streaming, progres
 
 class RunError(RuntimeError):
     """The run could not proceed (a model that does not load, a cluster that cannot be reached)."""
+
+
+class SystematicStop(RuntimeError):
+    """A worker reported a systematic failure (:mod:`workers.faults`)."""
 
 
 @dataclass(frozen=True)
@@ -439,6 +444,23 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
     return summary
 
 
+def failure_text(e: BaseException) -> str:
+    """``Type: message`` of the exception a worker raised, out of Ray's wrappers. Ray Data wraps it
+    in a ``UserCodeException`` whose cause does not survive the trip to the driver, only its
+    traceback text: the line before "The above exception was the direct cause" names it."""
+    cur: BaseException | None = e
+    seen: set[int] = set()
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if not type(cur).__module__.startswith("ray"):
+            return f"{type(cur).__name__}: {cur}"
+        cur = getattr(cur, "cause", None) or cur.__cause__
+    text = str(e)
+    head = text.split("The above exception was the direct cause", 1)[0]
+    lines = [ln.strip() for ln in head.splitlines() if re.match(r"^[A-Za-z_][\w.]*: ", ln.strip())]
+    return lines[-1] if lines else f"{type(e).__name__}: {text}"
+
+
 def _uniform(v: np.ndarray) -> np.ndarray:
     """An object column of equal-shaped arrays (one model's rows of a column that differed between
     the models of a group, see :func:`workers.multi.concat_columns`) back to one array."""
@@ -455,6 +477,7 @@ def _run_group(ray: Any, loaded: LoadedConfig, group: Group, manifest: pa.Table,
     from ray.data import ActorPoolStrategy, DataContext
 
     from workers.actor import AuditActor
+    from workers.faults import FATAL
     from workers.multi import MODEL_COLUMN, WANT_PREFIX, ModelJob
     from workers.prepare import PrepareOptions, prepare_batch
 
@@ -521,6 +544,8 @@ def _run_group(ray: Any, loaded: LoadedConfig, group: Group, manifest: pa.Table,
                             cfg.execution.stall_timeout,
                             lambda waited: describe_stall(ray, names, res, waited, nodes))
             for batch in batches:
+                if FATAL in batch:  # a stage failed systematically (workers.faults): stop, write nothing of it
+                    raise SystematicStop(str(next(m for m in batch[FATAL] if m)))
                 for k, v in timings(batch).items():
                     if k != "score":
                         add(k, v)
@@ -548,15 +573,14 @@ def _run_group(ray: Any, loaded: LoadedConfig, group: Group, manifest: pa.Table,
                 if (sum(x.num_rows for ts in pending.values() for x in ts) >= cfg.execution.flush_rows
                         or time.time() - last_flush > cfg.execution.flush_seconds):
                     flush()
-    except ClusterError as e:  # a stall: its message says what the run waits for
+    except (ClusterError, SystematicStop) as e:  # a stall or a broken model: the message says which
         flush()
         raise RunError(str(e)) from None
     except LockError:
         raise
     except Exception as e:
         flush()
-        cause = getattr(e, "cause", None) or e
-        raise RunError(f"{group.label()} failed: {type(cause).__name__}: {cause}") from e
+        raise RunError(f"{group.label()} failed: {failure_text(e)}") from e
     flush()
     wall = time.time() - t_start
     grec.seconds["wall"] = wall

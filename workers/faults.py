@@ -5,8 +5,10 @@ The prepare stage and the scorer catch any exception raised while handling one i
 into an ``internal`` error row whose message names the file and the exception. A
 :class:`FailureWatch` per stage and process tells the two cases apart: when every image a batch
 attempted failed with the same exception type and that makes at least :data:`SYSTEMATIC_ROWS`
-failures in a row, it raises :class:`SystematicFailure`, which Ray Data does not retry: the run
-stops (exit 2) without writing that batch, so no error row of a broken model is ever stored.
+failures in a row, it raises :class:`SystematicFailure`. Inside a Ray run the stage returns that
+batch as a :data:`FATAL` marker instead (Ray would wrap the exception into a message without it),
+and the driver stops the run (exit 2) with the message, without writing the batch: no error row of
+a broken model is ever stored.
 """
 
 from __future__ import annotations
@@ -14,14 +16,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 INTERNAL = "internal"
 SYSTEMATIC_ROWS = 4
 """Consecutive failed images (every image of their batches, one exception type) that stop a run: a
 batch of 4+ that fails entirely, or e.g. four single-image batches in a row."""
 
 
+FATAL = "_fatal"
+"""Column of a batch whose stage failed systematically: the message, on every row."""
+
+
 class SystematicFailure(RuntimeError):
     """Every image of a batch failed the same way: the code or the model is broken, not the images."""
+
+
+def fatal_batch(n: int, e: SystematicFailure) -> dict[str, np.ndarray]:
+    """What a stage returns instead of a batch that failed systematically (see :data:`FATAL`)."""
+    return {FATAL: np.full(max(n, 1), str(e), dtype=object)}
 
 
 def describe(e: BaseException) -> str:

@@ -6,7 +6,8 @@ GPU (or CPU actor) hosts every model of a group; for each batch it decodes devic
 (:mod:`workers.devdecode`), moves the pixels to the device once, then runs each model's
 :class:`~workers.score.Scorer` on the rows that model still has to score (``_want_<k>``: a resumed
 run may have different images left per model). The output holds one row per (model, image), the
-model's position in ``_model``; the driver splits it per model.
+model's position in ``_model``; the driver splits it per model. A model that fails systematically
+(:mod:`workers.faults`) turns the batch into a ``_fatal`` marker the driver stops the run on.
 
 Why one actor hosting the models rather than a chain of actor stages, one per model: the prepared
 batch (pixels, donor backgrounds and fill maps: about 0.9 MB per 224-pixel image with
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from workers.devdecode import decode_rows
+from workers.faults import FATAL, SystematicFailure, fatal_batch
 from workers.models import ModelSpec
 from workers.score import ScoreOptions, Scorer
 
@@ -115,6 +117,14 @@ class MultiScorer:
         return batch
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        if FATAL in batch:  # the prepare stage failed systematically: pass its message on
+            return {FATAL: np.asarray(batch[FATAL], dtype=object)}
+        try:
+            return self._score(batch)
+        except SystematicFailure as e:
+            return fatal_batch(len(batch["image_id"]), e)
+
+    def _score(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         n = len(batch["image_id"])
         batch = self._shared_pixels(batch)
         once = {k: np.asarray(batch[k]) for k in ONCE_PER_IMAGE if k in batch}

@@ -37,7 +37,7 @@ from common.annotations import AnnotationError, loads
 from common.preprocess import Preprocess
 from common.storage import StorageOptions, configure
 from workers.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
-from workers.faults import INTERNAL, FailureWatch, describe, internal_message
+from workers.faults import INTERNAL, FailureWatch, SystematicFailure, describe, fatal_batch, internal_message
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
     run record's timings: where the time goes); ``_n_decodes`` the image files each row read and
     decoded (or probed, for a device decode), donors included. An exception on one image (any,
     not only a bad file's :class:`~workers.decode.ImageError`) becomes that row's ``internal`` error;
-    a batch whose every image raises the same way raises :class:`~workers.faults.SystematicFailure`.
+    a batch whose every image raises the same way is returned as a :data:`~workers.faults.FATAL`
+    marker (see :mod:`workers.faults`).
     """
     t0 = time.perf_counter()
     if opts.storage is not None:
@@ -185,7 +186,10 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
         geometry[i] = json.dumps(p.geometry)
         for k, v in row_extra.items():
             extra[k][i] = v
-    _WATCH.record(attempted, failures)
+    try:
+        _WATCH.record(attempted, failures)
+    except SystematicFailure as e:
+        return fatal_batch(n, e)
     out = dict(batch)
     out.update(pixels=pixels, masks=masks, mask_names=names, has_target=has_target, geometry=geometry,
                error=error, error_kind=error_kind)

@@ -44,6 +44,9 @@ def test_minimal_config_and_relative_paths(tmp_path):
          r"model names must be unique, repeated: \['a'\]"),
         ({"extra_key": 1}, r"extra_key: Extra inputs are not permitted"),
         ({"models": [{"name": "x", "source": "torchvision:"}]}, r"needs a name after 'torchvision:'"),
+        ({"execution": {"retry_errors": ["truncated", "timeout"]}}, r"execution\.retry_errors: unknown error kind\(s\) "
+         r"\['timeout'\]; valid: missing, unreadable"),
+        ({"execution": {"lock_timeout": 0}}, r"execution\.lock_timeout: Input should be greater than 0"),
     ],
 )
 def test_errors_name_file_field_and_value(tmp_path, patch, expect):
@@ -112,3 +115,15 @@ def test_model_keys_for_modern_models(tmp_path):
         load_config(_write(tmp_path, {**BASE, "models": [{**BASE["models"][0], "layout": "nwhc"}]}))
     hf = load_config(_write(tmp_path, {**BASE, "models": [{"name": "h", "source": "hf:models/vit"}]}))
     assert hf.model_specs()[0].source == f"hf:{tmp_path / 'models' / 'vit'}"
+
+
+def test_error_kinds_are_every_kind_the_workers_write(tmp_path):
+    from pipeline.schema import ERROR_KINDS, TRANSIENT_ERROR_KINDS
+    from workers.decode import IMAGE_ERROR_KINDS, MASK_ERROR_KINDS
+    from workers.faults import INTERNAL
+
+    # unknown_label and no_label come from workers.score; internal from workers.faults
+    assert set(ERROR_KINDS) == {*IMAGE_ERROR_KINDS, *MASK_ERROR_KINDS, "unknown_label", "no_label", INTERNAL}
+    assert set(TRANSIENT_ERROR_KINDS) <= set(IMAGE_ERROR_KINDS)
+    assert load_config(_write(tmp_path, BASE)).config.execution.retry_errors == (
+        "missing", "unreadable", "truncated", "empty_file")

@@ -8,7 +8,7 @@ from PIL import Image
 
 from common.annotations import ObjectAnn, dumps
 from workers import prepare as prep
-from workers.faults import SYSTEMATIC_ROWS, FailureWatch, SystematicFailure
+from workers.faults import FATAL, SYSTEMATIC_ROWS, FailureWatch, SystematicFailure
 from workers.models import ModelSpec, Preprocess
 from workers.prepare import PrepareOptions, prepare_batch
 from workers.score import ScoreOptions, Scorer
@@ -103,5 +103,5 @@ def test_an_exception_while_preparing_one_image_is_its_error_row(tmp_path, monke
     assert out["geometry"][1] is None and not out["pixels"][1].any() and out["pixels"][0].any()
     assert out["_n_decodes"].tolist() == [1, 1, 1]
     monkeypatch.setattr(prep, "rasterize", lambda *a, **k: 1 / 0)
-    with pytest.raises(SystematicFailure, match="ZeroDivisionError"):
-        prepare_batch(_batch(tmp_path, 4), PrepareOptions(PRE))
+    fatal = prepare_batch(_batch(tmp_path, 4), PrepareOptions(PRE))  # the batch becomes a marker for the driver
+    assert list(fatal) == [FATAL] and "prepare: the last 4 images all failed with ZeroDivisionError" in fatal[FATAL][0]

@@ -66,3 +66,15 @@ def test_columns_that_differ_between_models_become_per_row_objects():
     out = concat_columns([a, b])
     assert out["x"].dtype == object and [len(r) for r in out["x"]] == [3, 3, 5]
     assert out["y"].tolist() == [1, 2, None]
+
+
+def test_a_model_failing_systematically_turns_the_batch_into_a_marker(tmp_path):
+    from workers.faults import FATAL
+    from workers.models import ModelSpec
+
+    broken = ModelSpec(name="broken", source="python:tests.factories:always_raises", num_classes=3,
+                       classes=("a", "b", "c"), preprocess=PRE)
+    batch = prepare_batch(_batch(tmp_path, 4), PrepareOptions(PRE))
+    out = MultiScorer([JOBS[0], ModelJob("broken", broken, ScoreOptions())])(batch)
+    assert list(out) == [FATAL] and "model 'broken': the last 4 images all failed" in out[FATAL][0]
+    assert MultiScorer(JOBS)({FATAL: out[FATAL]})[FATAL][0] == out[FATAL][0]  # a prepare marker passes through
