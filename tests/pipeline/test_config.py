@@ -44,8 +44,8 @@ def test_minimal_config_and_relative_paths(tmp_path):
          r"model names must be unique, repeated: \['a'\]"),
         ({"extra_key": 1}, r"extra_key: Extra inputs are not permitted"),
         ({"models": [{"name": "x", "source": "torchvision:"}]}, r"needs a name after 'torchvision:'"),
-        ({"execution": {"retry_errors": ["truncated", "timeout"]}}, r"execution\.retry_errors: unknown error kind\(s\) "
-         r"\['timeout'\]; valid: missing, unreadable"),
+        ({"execution": {"retry_errors": ["truncated", "timeout"]}},
+         r"execution\.retry_errors: unknown error kind\(s\) \['timeout'\]; valid: missing, unreadable"),
         ({"execution": {"lock_timeout": 0}}, r"execution\.lock_timeout: Input should be greater than 0"),
     ],
 )

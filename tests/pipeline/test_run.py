@@ -163,7 +163,7 @@ def test_models_sharing_a_preprocessing_read_each_image_once(ray_local, synth, t
     ds = {"format": "coco", "annotations": str(synth / "coco.json"), "images": str(synth),
           "label_categories": ["disk", "square", "triangle"]}
     cf = {"enabled": True}
-    alone, one = _run(tmp_path / "one", ds, [{"name": "a", **TINY}], counterfactual=cf)
+    _, one = _run(tmp_path / "one", ds, [{"name": "a", **TINY}], counterfactual=cf)
     (g,) = read_runs(one.output)[0].groups
     assert (g.models, g.images) == (["a"], 30) and g.decodes > 30  # donors are decoded too
     both, two = _run(tmp_path / "two", ds, [{"name": "a", **TINY}, {"name": "b", **TINY, "layer": "features.1"}],

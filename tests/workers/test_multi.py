@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.workers.test_score import PRE, SPEC, _jpeg_batch
 from tests.workers.test_faults import _batch
+from tests.workers.test_score import PRE, SPEC, _jpeg_batch
 from workers import multi
 from workers.multi import MODEL_COLUMN, WANT_PREFIX, ModelJob, MultiScorer, concat_columns
 from workers.prepare import PrepareOptions, prepare_batch
