@@ -6,7 +6,8 @@ Sections (``--only`` picks some, in this order):
 - ``e2e``: ``cueaudit run`` from JPEG files to Parquet, and where the time goes (:mod:`bench.e2e`);
 - ``scale``: peak memory of driver and workers at 2,000 vs 20,000 images (:mod:`bench.scale`);
 - ``aggregate``: reading, analysing and gating a million result rows (:mod:`bench.aggregate`);
-- ``storage``: the same audit from local files vs an S3-compatible server (:mod:`bench.storage`).
+- ``storage``: the same audit from local files vs an S3-compatible server (:mod:`bench.storage`);
+- ``multimodel``: N models in one run vs N separate runs vs chained actor stages (:mod:`bench.multimodel`).
 
 Each section is a table plus a few sentences read off the numbers, misses against the targets
 included. ``--quick`` runs every section at a toy size (a smoke test of the harness, not a
@@ -34,7 +35,7 @@ from typing import Any
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("engine", "e2e", "scale", "aggregate", "storage")
+SECTIONS = ("engine", "e2e", "scale", "aggregate", "storage", "multimodel")
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,14 @@ class Sizes:
     scale_sizes: tuple[int, ...] = (2000, 20000)
     aggregate_rows: int = 1_000_000
     storage_images: int = 1024
+    multi_images: int = 512
+    multi_models: int = 3
 
 
 FULL = Sizes()
 QUICK = Sizes(engine_models=("resnet18",), engine_batch=4, engine_size=112, engine_repeats=1, e2e_images=48,
-              e2e_batch=16, scale_sizes=(100, 400), aggregate_rows=20_000, storage_images=48)
+              e2e_batch=16, scale_sizes=(100, 400), aggregate_rows=20_000, storage_images=48, multi_images=32,
+              multi_models=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +141,8 @@ def header(m: dict[str, Any], load_start: tuple[float, ...], load_end: tuple[flo
          f"batch {sizes.engine_batch}, {sizes.engine_repeats} timed repeats after one warm-up; "
          f"e2e {sizes.e2e_images:,} JPEGs; scale "
          f"{' vs '.join(f'{n:,}' for n in sizes.scale_sizes)} images; aggregate {sizes.aggregate_rows:,} rows; "
-         f"storage {sizes.storage_images:,} JPEGs"),
+         f"storage {sizes.storage_images:,} JPEGs; multimodel {sizes.multi_models} models over "
+         f"{sizes.multi_images:,} JPEGs"),
     ]
     return "\n".join(lines)
 
@@ -343,12 +348,20 @@ def interpret_storage(res: dict[str, Any]) -> str:
                 "against a slow local server; a real object store over a network has other latencies.")
 
 
+def section_multimodel(sizes: Sizes, cache: Path, ctx: dict[str, Any]) -> str:
+    from bench import multimodel
+
+    res = multimodel.run_multimodel_bench(sizes.multi_images, sizes.multi_models, cache=cache)
+    return multimodel.render_markdown(res) + "\n\n" + multimodel.interpret(res)
+
+
 RUNNERS: dict[str, tuple[str, Callable[[Sizes, Path, dict[str, Any]], str]]] = {
     "engine": ("1. Engine: Grad-CAM vs plain forward vs pytorch-grad-cam", section_engine),
     "e2e": ("2. End to end: JPEG files -> `cueaudit run` -> Parquet", section_e2e),
     "scale": ("3. Scale: peak memory at 2,000 vs 20,000 images", section_scale),
     "aggregate": ("4. Aggregation: a million result rows -> frame -> gate", section_aggregate),
     "storage": ("5. Storage: the dataset on local disk vs on an S3-compatible server", section_storage),
+    "multimodel": ("6. One read for many models: N models in one run vs N separate runs", section_multimodel),
 }
 
 

@@ -248,6 +248,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, tmp_path_factory):
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be killed: " + (proc.stdout.read() if proc.stdout else "")
+    os.kill(proc.pid, signal.SIGSTOP)  # freeze the driver: it holds the lock for as long as the next run needs
     second = _cli(["run", str(cfg), "--no-progress"])  # a second, overlapping run on the same output
     refused, _ = second.communicate(timeout=300)
     assert second.returncode == 2 and f"pid {proc.pid} on host" in refused, refused
