@@ -105,3 +105,30 @@ def test_cueaudit_run_refuses_a_locked_output(tmp_path):
     assert r.exit_code == 2, r.output
     assert "is being written by run 20260101T000000Z-other1" in r.output and f"pid {os.getpid()}" in r.output
     assert not (out / "_runs").exists()  # refused before anything was written
+
+
+def test_the_lock_on_an_object_store(s3, monkeypatch):
+    """Best effort there (no conditional PUT): a live lock refuses, a released one is gone, and the run
+    that reads back another run's lock after writing its own does not proceed."""
+    import uuid
+
+    from common.storage import as_path
+    from pipeline import lock as L
+
+    monkeypatch.setattr(L, "SETTLE_S", 0.1)
+    root = as_path(s3.make_bucket(f"lock-{uuid.uuid4().hex[:8]}")) / "results"
+    with RunLock(root, "run-a", timeout=60):
+        assert json.loads((root / LOCK_NAME).read_text())["run_id"] == "run-a"
+        with pytest.raises(LockError, match="run run-a"):
+            RunLock(root, "run-b", timeout=60).acquire()
+    assert not (root / LOCK_NAME).exists()
+    # two runs racing: b writes its lock, a overwrites it within b's settle time; b reads back a's and refuses
+    real_sleep = L.time.sleep
+
+    def a_writes_meanwhile(seconds: float) -> None:
+        (root / LOCK_NAME).write_bytes(RunLock(root, "run-a", timeout=60)._payload())
+        real_sleep(seconds)
+
+    monkeypatch.setattr(L.time, "sleep", a_writes_meanwhile)
+    with pytest.raises(LockError, match="run run-a"):
+        RunLock(root, "run-b", timeout=60).acquire()
