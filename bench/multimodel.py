@@ -216,7 +216,9 @@ def interpret(r: dict[str, Any]) -> str:
              f"{one['prepare_s'] + one['score_s']:.1f} s, against {sep['prepare_s'] + sep['score_s']:.1f} s for the "
              f"separate runs. Wall time: {one['wall_s']:.1f} s streaming against {sep['wall_s']:.1f} s "
              f"({sep['wall_s'] / one['wall_s']:.2f}x; {sep['total_s'] / one['total_s']:.2f}x with Ray's start per "
-             "run).")
+             f"run); of the {sep['wall_s'] - one['wall_s']:.1f} s saved, "
+             f"{(sep['prepare_s'] + sep['score_s']) - (one['prepare_s'] + one['score_s']):.1f} s is worker time, the "
+             f"rest the start of {n - 1} more streams (actors, model loading).")
         par = res.get("one_actors")
         if par:
             s += f" With {r['num_cpus']} CPU actors the one run streamed in {par['wall_s']:.1f} s."

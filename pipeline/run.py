@@ -355,6 +355,26 @@ def _todo(out: AnyPath, plan: ModelPlan, ids: pa.ChunkedArray, retry: Sequence[s
     return mask, retried
 
 
+def _plan_work(out: AnyPath, plans: list[ModelPlan], manifest: pa.Table, record: RunRecord,
+               retry: Sequence[str]) -> dict[str, pa.Array]:
+    """Per model, the mask of manifest rows still to score (new, or a retried error); fills ``record.models``."""
+    todo: dict[str, pa.Array] = {}
+    ids = manifest.column("image_id")
+    target = record.config.get("target", "predicted")
+    for plan in plans:
+        todo[plan.name], retried = _todo(out, plan, ids, retry)
+        n = int(pc.sum(todo[plan.name].cast(pa.int64())).as_py() or 0)
+        place = plan.placement
+        record.models[plan.name] = ModelRun(
+            fingerprint=plan.fingerprint, source=plan.spec.source, target=target, to_score=n,
+            skipped=manifest.num_rows - n, fine_layer=plan.opts.fine_layer, fine_reason=plan.fine_reason,
+            device=place.device, precision=place.precision, decode=place.decode, retried=retried)
+        if retried:
+            log.info("model %s: scoring %d image(s) again whose latest row is an error of a retried kind "
+                     "(execution.retry_errors)", plan.name, retried)
+    return todo
+
+
 def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: bool = True,
               console: Any = None) -> RunSummary:
     """Audit every configured model over the dataset; resume where earlier runs stopped.
@@ -399,18 +419,7 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
                 res = _resources(ray, exe)
                 place = placement(exe, res["gpus"])
             plans = placed(plans, loaded, place)
-            todo: dict[str, pa.Array] = {}
-            image_ids = manifest.column("image_id")
-            for plan in plans:
-                todo[plan.name], retried = _todo(out, plan, image_ids, exe.retry_errors)
-                n = int(pc.sum(todo[plan.name].cast(pa.int64())).as_py() or 0)
-                record.models[plan.name] = ModelRun(
-                    fingerprint=plan.fingerprint, source=plan.spec.source, target=cfg.target, to_score=n,
-                    skipped=manifest.num_rows - n, fine_layer=plan.opts.fine_layer, fine_reason=plan.fine_reason,
-                    device=place.device, precision=place.precision, decode=place.decode, retried=retried)
-                if retried:
-                    log.info("model %s: scoring %d image(s) again whose latest row is an error of a retried kind "
-                             "(execution.retry_errors)", plan.name, retried)
+            todo = _plan_work(out, plans, manifest, record, exe.retry_errors)
             write_run(out, record)
             pending = [g for g in groups_of(plans) if any(record.models[n].to_score for n in g.names)]
             if not pending:
@@ -422,8 +431,8 @@ def run_audit(loaded: LoadedConfig, *, address: str | None = None, progress: boo
                 _run_group(ray, loaded, group, manifest, todo, run_id, out, res, record, lock, progress, console)
                 write_run(out, record)
         lock.check()
-        coverage = coverage_of(read_results(out, columns=["model", "image_id", "error_kind"], models=[p.name for p in plans]),
-                               ids, [p.name for p in plans])
+        names = [p.name for p in plans]
+        coverage = coverage_of(read_results(out, columns=["model", "image_id", "error_kind"], models=names), ids, names)
         for name, c in coverage.items():
             record.models[name].coverage = c
         summary.errors = {m: dict(c.errors) for m, c in coverage.items() if c.errors}

@@ -278,7 +278,8 @@ class ModelRun:
     skipped: int = 0
     scored: int = 0
     errors: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)  # prepare / score (worker CPU or GPU time), write, wall
+    # score (this model's worker time), write; prepare, decode and wall are its prepare group's (shared)
+    seconds: dict[str, float] = field(default_factory=dict)
     # Resolved from the actors' placement, part of the fingerprint: where it ran, in what precision,
     # and who decoded the JPEGs (the GPU, or PIL in the prepare tasks).
     device: str | None = None  # cuda | cpu
