@@ -6,9 +6,10 @@ Sections (``--only`` picks some, in this order):
 - ``e2e``: ``cueaudit run`` from JPEG files to Parquet, and where the time goes (:mod:`bench.e2e`);
 - ``scale``: peak memory of driver and workers at 2,000 vs 20,000 images (:mod:`bench.scale`);
 - ``aggregate``: reading, analysing and gating a million result rows (:mod:`bench.aggregate`);
-- ``storage``: the same audit from local files vs an S3-compatible server (:mod:`bench.storage`).
-- ``explorer``: the dashboard's filters, sort, paging and exports over them (:mod:`bench.explorer`).
-- ``embeddings``: the audit with and without per-image embeddings (:mod:`bench.embed`).
+- ``storage``: the same audit from local files vs an S3-compatible server (:mod:`bench.storage`);
+- ``explorer``: the dashboard's filters, sort, paging and exports over them (:mod:`bench.explorer`);
+- ``embeddings``: the audit with and without per-image embeddings (:mod:`bench.embed`);
+- ``multimodel``: N models in one run vs N separate runs vs chained actor stages (:mod:`bench.multimodel`).
 
 Each section is a table plus a few sentences read off the numbers, misses against the targets
 included. ``--quick`` runs every section at a toy size (a smoke test of the harness, not a
@@ -36,7 +37,7 @@ from typing import Any
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("engine", "e2e", "scale", "aggregate", "storage", "explorer", "embeddings")
+SECTIONS = ("engine", "e2e", "scale", "aggregate", "storage", "explorer", "embeddings", "multimodel")
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,16 @@ class Sizes:
     embed_scorer_repeats: int = 7
     embed_models: tuple[str, ...] = ("resnet18", "resnet50")
     discovery_rows: int = 1_000_000
+    multi_images: int = 512
+    multi_models: int = 3
 
 
 FULL = Sizes()
 QUICK = Sizes(engine_models=("resnet18",), engine_batch=4, engine_size=112, engine_repeats=1, e2e_images=48,
               e2e_batch=16, scale_sizes=(100, 400), aggregate_rows=20_000, storage_images=48, explorer_rows=20_000,
               embed_images=48, embed_repeats=1, embed_scorer_repeats=1, embed_models=("resnet18",),
-              discovery_rows=20_000)
+              discovery_rows=20_000,
+              multi_images=32, multi_models=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +152,8 @@ def header(m: dict[str, Any], load_start: tuple[float, ...], load_end: tuple[flo
          f"e2e {sizes.e2e_images:,} JPEGs; scale "
          f"{' vs '.join(f'{n:,}' for n in sizes.scale_sizes)} images; aggregate {sizes.aggregate_rows:,} rows; "
          f"storage {sizes.storage_images:,} JPEGs; explorer {sizes.explorer_rows:,} rows; embeddings "
-         f"{sizes.embed_images:,} JPEGs x {sizes.embed_repeats} per setting"),
+         f"{sizes.embed_images:,} JPEGs x {sizes.embed_repeats} per setting; multimodel {sizes.multi_models} "
+         f"models over {sizes.multi_images:,} JPEGs"),
     ]
     return "\n".join(lines)
 
@@ -381,6 +386,13 @@ def section_embeddings(sizes: Sizes, cache: Path, ctx: dict[str, Any]) -> str:
     return embed.render_markdown(res) + "\n\n" + embed.interpret(res)
 
 
+def section_multimodel(sizes: Sizes, cache: Path, ctx: dict[str, Any]) -> str:
+    from bench import multimodel
+
+    res = multimodel.run_multimodel_bench(sizes.multi_images, sizes.multi_models, cache=cache)
+    return multimodel.render_markdown(res) + "\n\n" + multimodel.interpret(res)
+
+
 RUNNERS: dict[str, tuple[str, Callable[[Sizes, Path, dict[str, Any]], str]]] = {
     "engine": ("1. Engine: Grad-CAM vs plain forward vs pytorch-grad-cam", section_engine),
     "e2e": ("2. End to end: JPEG files -> `cueaudit run` -> Parquet", section_e2e),
@@ -389,6 +401,7 @@ RUNNERS: dict[str, tuple[str, Callable[[Sizes, Path, dict[str, Any]], str]]] = {
     "storage": ("5. Storage: the dataset on local disk vs on an S3-compatible server", section_storage),
     "explorer": ("6. Dashboard explorer: filter, sort, page and export a million rows", section_explorer),
     "embeddings": ("7. Embeddings: the audit with and without per-image embeddings", section_embeddings),
+    "multimodel": ("8. One read for many models: N models in one run vs N separate runs", section_multimodel),
 }
 
 

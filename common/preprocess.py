@@ -18,7 +18,7 @@ class Preprocess:
     ``resize="resize"`` squashes the whole image to ``size``; ``"resize_crop"`` resizes the shorter
     side to ``size / crop_pct`` and takes the centre ``size`` crop (timm's convention). Pixels are
     then scaled to [0, 1] and normalised with ``(x - mean) / std``. The same geometry is applied to
-    masks and boxes (see :mod:`workers.geometry`). ``interpolation`` is the resampling filter of
+    masks and boxes (see :mod:`common.geometry`). ``interpolation`` is the resampling filter of
     that resize (antialiased, PIL's), for the image and the resampled masks alike: timm's and most
     hub models' preprocessing says ``bicubic``.
     """

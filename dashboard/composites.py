@@ -24,8 +24,8 @@ import numpy as np
 from common import counterfactual as cf
 from common.annotations import AnnotationError, loads
 from dashboard.images import UnsafePathError, guard_path
-from workers.decode import ImageError, open_image, rasterize
-from workers.geometry import Geometry
+from common.decode import ImageError, open_image, rasterize
+from common.geometry import Geometry
 
 
 @dataclass(frozen=True)

@@ -105,8 +105,11 @@ def gate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only the verdict table")] = False,
     review_db: Annotated[Path | None, typer.Option(
         help="reviewers' decisions to report (default: $CUEAUDIT_REVIEW_DB, else RESULTS/_review.sqlite)")] = None,
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="judge results that are not a finished "
+                                                "run covering its dataset (else exit 2)")] = False,
 ) -> None:
-    """Judge RESULTS against the policy: exit 0 if every model passes, 1 if a check fails, 2 on bad input."""
+    """Judge RESULTS against the policy: exit 0 if every model passes, 1 if a check fails, 2 on bad input
+    or when a model's latest run did not finish or its results miss images of that run's dataset."""
     from pipeline.config import ConfigError, load_policy
     from pipeline.gate import attach_review, evaluate, write_json, write_junit, write_markdown
     from pipeline.report import print_report
@@ -115,7 +118,7 @@ def gate(
 
     try:
         pol = load_policy(policy)
-        verdict = evaluate(results, pol, models=model or None, baseline=baseline)
+        verdict = evaluate(results, pol, models=model or None, baseline=baseline, allow_partial=allow_partial)
     except (ConfigError, ResultsError) as e:
         _fail(str(e))
         return
@@ -133,8 +136,13 @@ def gate(
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             write(verdict, path)
-    console.print("[bold green]gate passed[/]" if verdict.passed else "[bold red]gate failed[/]")
-    raise typer.Exit(EXIT_OK if verdict.passed else EXIT_FAIL)
+    if verdict.exit_code == EXIT_USAGE:
+        _fail("the results are not a finished run covering its dataset, so the verdict above is about a partial "
+              "state:\n  " + "\n  ".join(verdict.incomplete_reasons())
+              + "\nRerun `cueaudit run` to complete it, or pass --allow-partial to judge it anyway.")
+    partial = "" if verdict.complete else " (on partial results)"
+    console.print(f"[bold green]gate passed{partial}[/]" if verdict.passed else f"[bold red]gate failed{partial}[/]")
+    raise typer.Exit(verdict.exit_code)
 
 
 @app.command()

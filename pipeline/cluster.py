@@ -187,9 +187,12 @@ def plan_resources(nodes: Sequence[Node], exe: Any) -> Resources:
         f"CPU shares: {describe_nodes(nodes)}. Lower execution.workers or add nodes.")
 
 
-def describe_stall(ray: Any, model: str, res: dict[str, Any], waited: float,
+def describe_stall(ray: Any, model: str | Sequence[str], res: dict[str, Any], waited: float,
                    known: Sequence[str] = ()) -> str:
-    """The message of a stalled run: what it requests against what every node offers now."""
+    """The message of a stalled run (of one model, or of the models one actor pool scores together):
+    what it requests against what every node offers now."""
+    names = [model] if isinstance(model, str) else list(model)
+    what = f"model {names[0]!r}" if len(names) == 1 else "models " + ", ".join(map(repr, names))
     try:
         nodes = cluster_nodes(ray, free=True)
     except Exception as e:  # noqa: BLE001 - the cluster itself may be what failed
@@ -199,7 +202,7 @@ def describe_stall(ray: Any, model: str, res: dict[str, Any], waited: float,
     gone = sorted(set(known) - {n.node_id for n in nodes})
     actor = f"CPU {res['cpus']:g}" + (f" + GPU {res['gpus']:g}" if res["gpus"] else "")
     hint = _stall_hint([n for n in nodes if n.free_cpus is not None], res)
-    return (f"model {model!r}: no batch finished for {waited:.0f} s (execution.stall_timeout). The run waits "
+    return (f"{what}: no batch finished for {waited:.0f} s (execution.stall_timeout). The run waits "
             f"for {res['workers']} scoring actor(s) requesting {actor} each and prepare tasks requesting "
             f"CPU {res['prepare_cpus']:g} each; the nodes offer {offer}"
             + (f"; {len(gone)} node(s) left the cluster since the run started" if gone else "")

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from common.counterfactual import DEFAULT_DILATION
 from common.storage import AnyPath, StorageOptions, as_path, is_uri, local_path
+from pipeline.schema import ERROR_KINDS, TRANSIENT_ERROR_KINDS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -355,6 +356,18 @@ class ExecutionConfig(_Frozen):
     flush_seconds: float = Field(default=20.0, gt=0, description="commit a part at least this often")
     stall_timeout: float = Field(default=600.0, ge=0, description="stop with exit 2 when no batch finishes "
                                  "for this many seconds (0: wait forever)")
+    retry_errors: tuple[str, ...] = Field(default=TRANSIENT_ERROR_KINDS, description="error kinds a rerun scores "
+                                          "again (the new row supersedes the error row)")
+    lock_timeout: float = Field(default=300.0, gt=0, description="seconds without a heartbeat after which "
+                                "another run's lock on the output is stale and taken over")
+
+    @field_validator("retry_errors")
+    @classmethod
+    def _known_kinds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [k for k in v if k not in ERROR_KINDS]
+        if unknown:
+            raise ValueError(f"unknown error kind(s) {unknown}; valid: {', '.join(ERROR_KINDS)}")
+        return v
 
     @field_validator("cpus_per_worker", "gpus_per_worker")
     @classmethod

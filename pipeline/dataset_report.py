@@ -24,7 +24,7 @@ import pyarrow as pa
 from pipeline.analysis.cues import associations, colour_cue_class, colour_null
 from pipeline.analysis.evidence import to_jsonable
 from common.annotations import AnnotationError, loads
-from workers.decode import ImageError, load_for_model, rasterize
+from common.decode import ImageError, load_for_model, rasterize
 from common.preprocess import Preprocess
 
 PROBE = Preprocess(size=(64, 64), resize="resize", crop_pct=1.0)

@@ -1,7 +1,9 @@
 """The quality gate: results + policy -> per-model verdicts -> exit code, JSON, JUnit XML, Markdown.
 
-``Verdict.passed`` is the only thing the CLI turns into an exit code (0 pass, 1 a check failed).
-Imports neither torch nor Ray: it runs in a slim CI image over a results directory.
+``Verdict.passed`` (the checks) and ``Verdict.complete`` (the coverage: every judged model's latest
+run finished and its results hold every image of that run's dataset, :mod:`pipeline.coverage`) are
+what the CLI turns into an exit code: 2 when incomplete (unless ``--allow-partial``), else 0 pass,
+1 a check failed. Imports neither torch nor Ray: it runs in a slim CI image over a results directory.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pipeline.analysis.evidence import ModelEvidence, analyse, to_jsonable
 from pipeline.analysis.frame import load_frame
 from pipeline.analysis.slices import SliceOptions, markdown_lines, model_slices
 from pipeline.config import GatePolicy
+from pipeline.coverage import COMPLETE, PARTIAL, ModelCoverage, judge_coverage, rows_of_frame
 from pipeline.schema import ResultsError, is_results_dir, part_files, read_runs
 from pipeline.triage import ModelReview, current_fingerprints, open_for_reading, summarise
 
@@ -54,15 +57,34 @@ class Verdict:
     baseline: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     review: dict[str, ModelReview] | None = None  # reviewers' decisions (see attach_review); never judged
+    coverage: dict[str, ModelCoverage] = field(default_factory=dict)
+    allow_partial: bool = False
 
     @property
     def passed(self) -> bool:
         return all(m.status not in (FAIL, "ERROR") for m in self.models)
 
+    @property
+    def complete(self) -> bool:
+        """No judged model is partial (an unverifiable one is reported, not refused)."""
+        return all(c.state != PARTIAL for c in self.coverage.values())
+
+    def incomplete_reasons(self) -> list[str]:
+        return [f"{m}: {c.reason}" for m, c in self.coverage.items() if c.state == PARTIAL]
+
+    @property
+    def exit_code(self) -> int:
+        """2: a partial state judged without ``allow_partial``; else 0 passed, 1 failed."""
+        if not self.complete and not self.allow_partial:
+            return 2
+        return 0 if self.passed else 1
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "results": self.results, "baseline": self.baseline, "created_at": self.created_at,
-            "passed": self.passed, "policy": self.policy,
+            "passed": self.passed, "complete": self.complete, "allow_partial": self.allow_partial,
+            "policy": self.policy,
+            "coverage": {m: c.to_dict() for m, c in self.coverage.items()},
             "models": [{"model": m.model, "status": m.status, "checks": to_jsonable(m.checks),
                         "evidence": m.evidence.to_dict()} for m in self.models],
             "review": None if self.review is None else {k: r.to_dict() for k, r in self.review.items()},
@@ -101,8 +123,10 @@ def resolve_baseline(root: AnyPath, baseline: str) -> tuple[AnyPath, str | None,
 
 
 def evaluate(root: str | os.PathLike[str], policy: GatePolicy | None = None, models: list[str] | None = None,
-             baseline: str | None = None, frame: pd.DataFrame | None = None) -> Verdict:
-    """Analyse the results and run every enabled check for every (selected) model."""
+             baseline: str | None = None, frame: pd.DataFrame | None = None, allow_partial: bool = False) -> Verdict:
+    """Analyse the results and run every enabled check for every (selected) model, and say what the
+    judged results cover (:func:`pipeline.coverage.judge_coverage`): the models judged, plus those
+    of the latest run that have no result row yet."""
     policy = policy or GatePolicy()
     root = as_path(root)  # a directory, or an object-store prefix (s3://bucket/results)
     if not is_results_dir(root):
@@ -136,7 +160,13 @@ def evaluate(root: str | os.PathLike[str], policy: GatePolicy | None = None, mod
         # A model with no scorable image has no evidence at all: a data error, never a pass.
         status = "ERROR" if ev.overall.scored == 0 else model_status(results, policy.require_evidence)
         verdicts.append(ModelVerdict(name, status, results, ev))
-    return Verdict(str(root), json.loads(policy.model_dump_json()), verdicts, desc)
+    runs = read_runs(root)
+    covered = list(evidence)
+    if runs and not models:
+        covered += [m for m in runs[-1].models if m not in evidence]
+    coverage = judge_coverage(root, rows_of_frame(df), covered, runs)
+    return Verdict(str(root), json.loads(policy.model_dump_json()), verdicts, desc, coverage=coverage,
+                   allow_partial=allow_partial)
 
 
 def attach_review(v: Verdict, root: str | os.PathLike[str], db: str | os.PathLike[str] | None = None) -> Path | None:
@@ -159,14 +189,18 @@ def write_json(v: Verdict, path: str | os.PathLike[str]) -> None:
 
 
 def write_junit(v: Verdict, path: str | os.PathLike[str]) -> None:
-    """One <testsuite> per model, one <testcase> per check: FAIL/ERROR -> <failure>, SKIP -> <skipped>."""
+    """One <testsuite> per model, one <testcase> per check: FAIL/ERROR -> <failure>, SKIP -> <skipped>;
+    plus a ``coverage`` testcase: partial -> <failure> (<skipped> under ``--allow-partial``)."""
     suites = ET.Element("testsuites", name="cueaudit gate")
     total = failures = skipped = 0
-    for m in v.models:
-        s = ET.SubElement(suites, "testsuite", name=f"cueaudit.{m.model}")
+    by_model = {m.model: m for m in v.models}
+    for name in dict.fromkeys([*by_model, *v.coverage]):
+        m = by_model.get(name)
+        checks = m.checks if m else []
+        s = ET.SubElement(suites, "testsuite", name=f"cueaudit.{name}")
         nf = ns = 0
-        for r in m.checks:
-            tc = ET.SubElement(s, "testcase", classname=f"cueaudit.{m.model}", name=r.check)
+        for r in checks:
+            tc = ET.SubElement(s, "testcase", classname=f"cueaudit.{name}", name=r.check)
             if r.status in (FAIL, "ERROR"):
                 nf += 1
                 el = ET.SubElement(tc, "failure", message=f"{r.status}: {r.message}", type=r.status)
@@ -175,10 +209,23 @@ def write_junit(v: Verdict, path: str | os.PathLike[str]) -> None:
                 ns += 1
                 ET.SubElement(tc, "skipped", message=r.message)
             ET.SubElement(tc, "system-out").text = f"{r.status}: {r.message}\n{_detail(r)}"
-        s.set("tests", str(len(m.checks)))
+        n = len(checks)
+        c = v.coverage.get(name)
+        if c is not None:
+            n += 1
+            tc = ET.SubElement(s, "testcase", classname=f"cueaudit.{name}", name="coverage")
+            text = f"{c.state}: {c.reason}; {c.counts_text()}"
+            if c.state == PARTIAL and not v.allow_partial:
+                nf += 1
+                ET.SubElement(tc, "failure", message=text, type="PARTIAL").text = text
+            elif c.state != COMPLETE:
+                ns += 1
+                ET.SubElement(tc, "skipped", message=text)
+            ET.SubElement(tc, "system-out").text = text
+        s.set("tests", str(n))
         s.set("failures", str(nf))
         s.set("skipped", str(ns))
-        total, failures, skipped = total + len(m.checks), failures + nf, skipped + ns
+        total, failures, skipped = total + n, failures + nf, skipped + ns
     suites.set("tests", str(total))
     suites.set("failures", str(failures))
     suites.set("skipped", str(skipped))
@@ -203,9 +250,27 @@ def status_cell(r: CheckResult) -> str:
     return f"{ICON.get(r.status, '')} {label}"
 
 
+COVERAGE_ICON = {COMPLETE: "✅", PARTIAL: "⛔", "unverified": "❔"}
+
+
+def coverage_rows(v: Verdict) -> list[list[str]]:
+    """One row per model: model, state, latest run (status), images covered, missing, errors by kind, reason."""
+    rows = []
+    for m, c in v.coverage.items():
+        errs = ", ".join(f"{k} {n}" for k, n in sorted(c.errors.items())) or "-"
+        run = f"{c.run_id} ({c.run_status})" if c.run_id else "-"
+        rows.append([m, c.state, run, c.counts_text(), "-" if c.missing is None else str(c.missing), errs, c.reason])
+    return rows
+
+
 def markdown(v: Verdict) -> str:
     checks = sorted({r.check for m in v.models for r in m.checks})
-    head = "✅ **cueaudit gate passed**" if v.passed else "❌ **cueaudit gate failed**"
+    if not v.complete and not v.allow_partial:
+        head = "⛔ **cueaudit gate: results incomplete** (exit 2; `--allow-partial` judges them anyway)"
+    else:
+        head = "✅ **cueaudit gate passed**" if v.passed else "❌ **cueaudit gate failed**"
+        if not v.complete:
+            head += " (on partial results: `--allow-partial`)"
     out = [f"## {head}", "", f"Results: `{v.results}`" + (f", baseline: {v.baseline}" if v.baseline else ""), ""]
     out.append("| model | verdict | " + " | ".join(checks) + " |")
     out.append("|---|---|" + "---|" * len(checks))
@@ -232,6 +297,13 @@ def markdown(v: Verdict) -> str:
                 out.extend(markdown_lines(m.evidence.slices, {f.scope: f.status for f in r.findings}))
         if review is not None and not review.empty:
             out.append(f"- 🔎 Review: {review.sentence()}.")
+        out.append("")
+    if v.coverage:
+        out += ["### Coverage", "", "| model | coverage | latest run | images | missing | errors | why |",
+                "|---|---|---|---|---|---|---|"]
+        for row in coverage_rows(v):
+            row[0], row[1] = f"`{row[0]}`", f"{COVERAGE_ICON.get(row[1], '')} {row[1]}"
+            out.append("| " + " | ".join(row) + " |")
         out.append("")
     return "\n".join(out)
 

@@ -9,9 +9,10 @@ from rich.text import Text
 
 from pipeline.analysis.checks import FAIL, PASS, SKIP, WARN
 from pipeline.analysis.stats import Estimate, short
-from pipeline.gate import Verdict
+from pipeline.gate import Verdict, coverage_rows
 
-STYLE = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim", "ERROR": "bold magenta", "INFO": "cyan"}
+STYLE = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim", "ERROR": "bold magenta", "INFO": "cyan",
+         "complete": "green", "partial": "bold red", "unverified": "yellow"}
 
 
 def _e(est: Estimate, pct: bool = False) -> str:
@@ -62,9 +63,20 @@ def model_panel(m) -> Panel:  # m: ModelVerdict
     return Panel(Group(*parts), expand=True)
 
 
+def coverage_table(v: Verdict) -> Table:
+    t = Table(title="Coverage (what the judged results hold of each model's latest run)", title_justify="left")
+    for col in ("model", "coverage", "latest run", "images", "missing", "errors", "why"):
+        t.add_column(col)
+    for row in coverage_rows(v):
+        t.add_row(row[0], _status(row[1]), *row[2:])
+    return t
+
+
 def print_report(v: Verdict, console: Console | None = None, detail: bool = True) -> None:
     console = console or Console()
     console.print(verdict_table(v))
+    if v.coverage:
+        console.print(coverage_table(v))
     if detail:
         for m in v.models:
             console.print(model_panel(m))

@@ -41,6 +41,17 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 RUNS_DIR = "_runs"
 
+ERROR_KINDS = (
+    "missing", "unreadable", "empty_file", "not_an_image", "truncated", "corrupt", "too_large",
+    "unsupported_mode", "mask_missing", "mask_size", "mask_corrupt", "annotation", "unknown_label", "no_label",
+    "internal",
+)  # fmt: skip
+"""Every value of ``error_kind`` (what the workers write; ``internal``: an exception of cueaudit or the
+model on that one image, named in ``error``)."""
+TRANSIENT_ERROR_KINDS = ("missing", "unreadable", "truncated", "empty_file")
+"""Error kinds a rerun scores again by default (``execution.retry_errors``): a file not there yet, not
+readable yet, or half uploaded."""
+
 
 @dataclass(frozen=True)
 class Column:
@@ -244,6 +255,21 @@ class PartWriter:
 
 
 @dataclass
+class Coverage:
+    """What the results hold for one model over one dataset state: ``images`` in the dataset, of which
+    ``ok`` have a scored row, ``errors`` an error row (by kind), ``missing`` no row at all."""
+
+    images: int = 0
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    missing: int = 0
+
+    @property
+    def covered(self) -> int:
+        return self.images - self.missing
+
+
+@dataclass
 class ModelRun:
     """What one run did for one model."""
 
@@ -257,7 +283,35 @@ class ModelRun:
     skipped: int = 0
     scored: int = 0
     errors: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)  # prepare / score (worker CPU or GPU time), write, wall
+    # score (this model's worker time), write; prepare, decode and wall are its prepare group's (shared)
+    seconds: dict[str, float] = field(default_factory=dict)
+    # Resolved from the actors' placement, part of the fingerprint: where it ran, in what precision,
+    # and who decoded the JPEGs (the GPU, or PIL in the prepare tasks).
+    device: str | None = None  # cuda | cpu
+    precision: str | None = None  # bf16 | fp16 | fp32
+    decode: str | None = None  # device | cpu
+    retried: int = 0  # of to_score: images whose latest row was an error of a retried kind
+    errors_by_kind: dict[str, int] = field(default_factory=dict)  # this run's error rows
+    coverage: Coverage | None = None  # after a finished run: the results over the run's dataset
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelRun:
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if isinstance(d.get("coverage"), dict):
+            d["coverage"] = Coverage(**d["coverage"])
+        return cls(**d)
+
+
+@dataclass
+class PrepareGroup:
+    """Models that share a preprocessing, so a run reads and decodes each image (and its donors) once
+    for all of them: ``images`` rows prepared, ``decodes`` image files read and decoded (or probed,
+    for a device decode) including donors, ``seconds`` (prepare, decode on the device, wall)."""
+
+    models: list[str] = field(default_factory=list)
+    images: int = 0
+    decodes: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -274,7 +328,11 @@ class RunRecord:
     dataset_roots: list[str] = field(default_factory=list)
     mask_roots: list[str] = field(default_factory=list)  # folders of the mask files the audit read
     images: int = 0
+    # The set of image ids the run's dataset held: its ids are in _datasets/<fingerprint>.parquet.
+    dataset_fingerprint: str | None = None
     models: dict[str, ModelRun] = field(default_factory=dict)
+    groups: list[PrepareGroup] = field(default_factory=list)
+    error: str | None = None  # why a failed run stopped
     cueaudit_version: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -284,7 +342,8 @@ class RunRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunRecord:
         d = dict(d)
-        d["models"] = {k: ModelRun(**v) for k, v in d.get("models", {}).items()}
+        d["models"] = {k: ModelRun.from_dict(v) for k, v in d.get("models", {}).items()}
+        d["groups"] = [PrepareGroup(**g) for g in d.get("groups", [])]
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -413,14 +472,32 @@ def _latest_per_image(table: pa.Table) -> pa.Table:
 
 def scored_ids(root: str | os.PathLike[str], model: str, fingerprint: str) -> set[str]:
     """Image ids already scored for ``model`` with exactly this fingerprint (what a resumed run skips)."""
+    done, _ = scored_and_retry(root, model, fingerprint)
+    return set(done.to_pylist())
+
+
+def scored_and_retry(root: str | os.PathLike[str] | Location, model: str, fingerprint: str,
+                     retry: Sequence[str] = ()) -> tuple[pa.Array, pa.Array]:
+    """(ids a run skips, ids it scores again) for ``model`` with exactly this fingerprint.
+
+    An image is scored again when its latest row (newest ``scored_at``, as :func:`read_results`
+    picks it) is an error of a kind in ``retry``; the new row then supersedes it.
+    """
+    empty = pa.array([], pa.string())
     try:
         files = part_files(root, [model])
     except ResultsError:
-        return set()
+        return empty, empty
     if not files:
-        return set()
-    t = open_parts(files).to_table(columns=["image_id"], filter=pc.field("model_fingerprint") == fingerprint)
-    return set(t.column("image_id").to_pylist())
+        return empty, empty
+    cols = ["image_id"] if not retry else ["model", "image_id", "scored_at", "error_kind"]
+    t = open_parts(files).to_table(columns=cols, filter=pc.field("model_fingerprint") == fingerprint)
+    if not retry:
+        return pc.unique(t.column("image_id")), empty
+    t = _latest_per_image(t)
+    again = pc.fill_null(pc.is_in(t.column("error_kind"), value_set=pa.array(list(retry), pa.string())), False)
+    return (t.filter(pc.invert(again)).column("image_id").combine_chunks(),
+            t.filter(again).column("image_id").combine_chunks())
 
 
 def map_to_dict(value: Iterable[tuple[str, Any]] | Mapping[str, Any] | None) -> dict[str, Any]:

@@ -2,14 +2,15 @@
 
 Runs as stateless Ray tasks (``map_batches`` with a function), so decoding scales with the CPUs
 while the actor keeps the accelerator busy. Every image that cannot be prepared becomes a row with
-``error``/``error_kind`` set; nothing raises out of :func:`prepare_batch` for a bad input.
+``error``/``error_kind`` set (an unexpected exception too: ``internal``, see :mod:`workers.faults`);
+nothing raises out of :func:`prepare_batch` for a bad input.
 
 Output columns (all of length N):
 
 - ``pixels`` (N, H, W, 3) uint8: the image after the model's geometry (zeros for error rows);
 - ``masks``: bytes of K soft masks (K, H, W) uint8 (0..255), the target first when present;
 - ``mask_names``: JSON list of the K categories; ``has_target``: whether mask 0 is the target;
-- ``geometry``: JSON of the :class:`workers.geometry.Geometry` (source size + view box);
+- ``geometry``: JSON of the :class:`common.geometry.Geometry` (source size + view box);
 - ``encoded`` (only with ``device_decode``): JPEG bytes the actor decodes on its GPU, else None;
 - ``cf_rand_bg`` / ``cf_same_bg`` (N, H, W, 3) uint8 donor backgrounds, every instance of the
   donor's label removed by background tiles (:func:`common.counterfactual.donor_background`), plus
@@ -35,7 +36,8 @@ from common import counterfactual as cf
 from common.annotations import AnnotationError, loads
 from common.preprocess import Preprocess
 from common.storage import StorageOptions, configure
-from workers.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
+from common.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
+from workers.faults import INTERNAL, FailureWatch, SystematicFailure, describe, fatal_batch, internal_message
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +123,18 @@ def unpack_masks(blob: bytes, k: int, h: int, w: int) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.uint8, count=k * h * w).reshape(k, h, w)
 
 
+_WATCH = FailureWatch("prepare")  # per worker process: see workers.faults
+
+
 def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[str, np.ndarray]:
     """Ray ``map_batches`` function: manifest columns in, prepared columns added.
 
     ``_t_prepare`` carries this batch's seconds spread over its rows (the driver sums it into the
-    run record's timings: where the time goes).
+    run record's timings: where the time goes); ``_n_decodes`` the image files each row read and
+    decoded (or probed, for a device decode), donors included. An exception on one image (any,
+    not only a bad file's :class:`~common.decode.ImageError`) becomes that row's ``internal`` error;
+    a batch whose every image raises the same way is returned as a :data:`~workers.faults.FATAL`
+    marker (see :mod:`workers.faults`).
     """
     t0 = time.perf_counter()
     if opts.storage is not None:
@@ -133,11 +142,12 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
     n = len(batch["image_id"])
     h, w = opts.preprocess.size
     pixels = np.zeros((n, h, w, 3), np.uint8)
-    masks = np.empty(n, dtype=object)
-    names = np.empty(n, dtype=object)
+    masks = np.full(n, b"", dtype=object)
+    names = np.full(n, "[]", dtype=object)
     has_target = np.zeros(n, dtype=bool)
-    geometry = np.empty(n, dtype=object)
+    geometry = np.full(n, None, dtype=object)
     encoded = np.full(n, None, dtype=object)
+    decodes = np.zeros(n, np.int32)
     error = np.array([e if isinstance(e, str) and e else None for e in batch.get("error", [None] * n)], dtype=object)
     error_kind = np.array(["annotation" if e else None for e in error], dtype=object)
     with_cf = "cf_rand_path" in batch
@@ -148,47 +158,38 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
     if opts.context:
         extra.update({k: np.full((n, h, w), -1, np.int32) for k in ("cf_ctx_index", "cf_ctrl_index")})
         extra.update({k: np.zeros(n, dtype=bool) for k in ("cf_ctx_ok", "cf_ctrl_ok")})
+    attempted = 0
+    failures: list[tuple[str, BaseException]] = []
     for i in range(n):
-        masks[i] = b""
-        names[i] = "[]"
-        geometry[i] = None
         if error[i] is not None:
             continue
         path = str(batch["path"][i])
-        label = batch["label"][i] if isinstance(batch["label"][i], str) else None
+        attempted += 1
+        counter = [0]
         try:
-            p = prepare_one(path, label, batch["objects"][i], opts, device_decode=opts.device_decode)
+            p, row_extra = _prepare_row(batch, i, opts, with_cf, counter)
         except ImageError as e:
             error[i], error_kind[i] = str(e), e.kind
+            decodes[i] = counter[0]
             continue
+        except Exception as e:  # noqa: BLE001 - one image's exception is its error row (workers.faults)
+            error[i], error_kind[i] = internal_message(path, "preparing it", e), INTERNAL
+            decodes[i] = counter[0]
+            failures.append((path, e))
+            continue
+        decodes[i] = counter[0]
         pixels[i] = p.pixels
         encoded[i] = p.encoded
         masks[i] = _quantise(p.masks)
         names[i] = json.dumps(p.names)
         has_target[i] = p.has_target
         geometry[i] = json.dumps(p.geometry)
-        if with_cf and p.has_target:
-            for kind in ("rand", "same"):
-                dpath = batch[f"cf_{kind}_path"][i]
-                if not isinstance(dpath, str) or not dpath:
-                    continue
-                try:
-                    d = prepare_one(dpath, batch[f"cf_{kind}_label"][i], batch[f"cf_{kind}_objects"][i], opts)
-                except ImageError as e:
-                    # A broken donor must not cost the image its row: that counterfactual is skipped.
-                    log.warning("counterfactual donor %s for %s unusable: %s", dpath, path, e)
-                    continue
-                bg = donor_background(d, opts.dilation)
-                if bg is not None:
-                    extra[f"cf_{kind}_bg"][i] = bg
-                    extra[f"cf_{kind}_ok"][i] = True
-        if opts.context and len(p.others):
-            rng = cf.placement_rng(opts.seed, str(batch["image_id"][i]))
-            maps = cf.ablation_indices(p.target, p.others, (h, w), rng, opts.dilation)
-            for kind, index in zip(("ctx", "ctrl"), maps, strict=True):
-                if index is not None:
-                    extra[f"cf_{kind}_index"][i] = index
-                    extra[f"cf_{kind}_ok"][i] = True
+        for k, v in row_extra.items():
+            extra[k][i] = v
+    try:
+        _WATCH.record(attempted, failures)
+    except SystematicFailure as e:
+        return fatal_batch(n, e)
     out = dict(batch)
     out.update(pixels=pixels, masks=masks, mask_names=names, has_target=has_target, geometry=geometry,
                error=error, error_kind=error_kind)
@@ -196,4 +197,40 @@ def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[st
         out["encoded"] = encoded
     out.update(extra)
     out["_t_prepare"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
+    out["_n_decodes"] = decodes
     return out
+
+
+def _prepare_row(batch: dict[str, np.ndarray], i: int, opts: PrepareOptions, with_cf: bool,
+                 counter: list[int]) -> tuple[Prepared, dict[str, Any]]:
+    """One image, its donors' backgrounds and its ablation maps; nothing is assigned until all succeeded."""
+    path = str(batch["path"][i])
+    label = batch["label"][i] if isinstance(batch["label"][i], str) else None
+    counter[0] += 1
+    p = prepare_one(path, label, batch["objects"][i], opts, device_decode=opts.device_decode)
+    h, w = opts.preprocess.size
+    extra: dict[str, Any] = {}
+    if with_cf and p.has_target:
+        for kind in ("rand", "same"):
+            dpath = batch[f"cf_{kind}_path"][i]
+            if not isinstance(dpath, str) or not dpath:
+                continue
+            counter[0] += 1
+            try:
+                d = prepare_one(dpath, batch[f"cf_{kind}_label"][i], batch[f"cf_{kind}_objects"][i], opts)
+            except ImageError as e:
+                # A broken donor must not cost the image its row: that counterfactual is skipped.
+                log.warning("counterfactual donor %s for %s unusable: %s", dpath, path, e)
+                continue
+            except Exception as e:  # re-raised naming the donor: the image's error row says which
+                raise RuntimeError(f"counterfactual donor {dpath}: {describe(e)}") from e
+            bg = donor_background(d, opts.dilation)
+            if bg is not None:
+                extra[f"cf_{kind}_bg"], extra[f"cf_{kind}_ok"] = bg, True
+    if opts.context and len(p.others):
+        rng = cf.placement_rng(opts.seed, str(batch["image_id"][i]))
+        maps = cf.ablation_indices(p.target, p.others, (h, w), rng, opts.dilation)
+        for kind, index in zip(("ctx", "ctrl"), maps, strict=True):
+            if index is not None:
+                extra[f"cf_{kind}_index"], extra[f"cf_{kind}_ok"] = index, True
+    return p, extra

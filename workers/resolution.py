@@ -29,8 +29,8 @@ import torch
 from common.annotations import AnnotationError, loads
 from common.preprocess import Preprocess
 from workers.cam import finer_layer, resolve_layer
-from workers.decode import ImageError, _open, _orientation, rasterize
-from workers.geometry import Geometry
+from common.decode import ImageError, _open, _orientation, rasterize
+from common.geometry import Geometry
 from workers.metrics import MIN_OBJECT_CELLS
 from workers.models import ModelSpec, load_model
 

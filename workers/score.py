@@ -25,6 +25,8 @@ from common.labelmaps import ClassIndex, label_sets
 from workers.cam import make_cam
 from workers.embed import COLUMNS as EMBEDDING_COLUMNS
 from workers.embed import embed, projection
+from workers.devdecode import decode_rows
+from workers.faults import INTERNAL, FailureWatch, internal_message
 from workers.metrics import background_color, coarse_map_warning, mass_metrics
 from workers.models import LoadedModel, ModelSpec, load_model
 
@@ -37,7 +39,7 @@ FINE_KEYS = (
 """The same map and metrics at the finer layer (``ScoreOptions.fine_layer``); null without one."""
 
 RESULT_KEYS = (
-    "image_id", "path", "label", "label_index", "pred", "pred_index", "pred_score", "target", "target_index",
+    "image_id", "path", "dataset_root", "label", "label_index", "pred", "pred_index", "pred_score", "target", "target_index",
     "target_score", "correct", "feature_layer", "cam", "cam_h", "cam_w", "input_h", "input_w", "image_w",
     "image_h", "view_box", "object_share", "object_area", "object_cells", "pointing_hit", "background_share",
     "other_shares", "other_areas", "bg_color", "metric_note", "annotations", "attributes", "error", "error_kind",
@@ -133,6 +135,7 @@ class Scorer:
             raise ValueError(f"model {spec.name!r}: {e}") from None
         self._warned_coarse = False
         self._projections: dict[int, torch.Tensor | None] = {}  # channels -> fixed projection (embeddings)
+        self._watch = FailureWatch(f"model {spec.name!r}")
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -193,7 +196,7 @@ class Scorer:
                 error[i], kind[i] = f"{batch['path'][i]}: no label, but target is 'label'", "no_label"
         ok = np.flatnonzero(np.array([e is None for e in error], dtype=bool))
         if len(ok):
-            self._score(batch, ok, out, sets)
+            self._score_isolated(batch, ok, out, sets)
         out["scored_at"][:] = int(time.time() * 1000)
         # Timing columns (dropped before Parquet): seconds per row, summed by the driver.
         out["_t_score"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
@@ -201,51 +204,55 @@ class Scorer:
             out["_t_prepare"] = np.asarray(batch["_t_prepare"], dtype=np.float64)
         return out
 
+    def _score_isolated(self, batch: dict[str, Any], ok: np.ndarray, out: dict[str, np.ndarray],
+                        sets: list[tuple[int, ...]]) -> None:
+        """:meth:`_score` the batch; if it raises, score its images one by one, so an exception on one
+        image becomes that image's ``internal`` error row (:mod:`workers.faults`) and costs no other."""
+        try:
+            self._score(batch, ok, out, sets)
+            self._watch.record(len(ok), [])
+            return
+        except Exception as e:  # noqa: BLE001 - isolated below, one image at a time
+            if len(ok) == 1:
+                failures = [self._failed(batch, int(ok[0]), out, e)]
+                self._watch.record(1, failures)
+                return
+            log.warning("model %s: a batch of %d images raised %s: %s; scoring them one by one",
+                        self.model.spec.name, len(ok), type(e).__name__, e)
+        failures = []
+        for i in ok:
+            try:
+                self._score(batch, np.array([i]), out, sets)
+            except Exception as e:  # noqa: BLE001 - this image's error row
+                failures.append(self._failed(batch, int(i), out, e))
+        self._watch.record(len(ok), failures)
+
+    def _failed(self, batch: dict[str, Any], i: int, out: dict[str, np.ndarray],
+                e: BaseException) -> tuple[str, BaseException]:
+        """Row ``i`` back to empty, with the exception as its error."""
+        blank = _empty_columns(1, {k: np.asarray(batch[k], dtype=object)[i:i + 1] for k in _PASSED if k in batch})
+        for k, v in blank.items():
+            out[k][i] = v[0]
+        out["input_h"][i], out["input_w"][i] = self.h, self.w
+        path = str(batch["path"][i])
+        out["error"][i] = internal_message(path, f"scoring it with model {self.model.spec.name!r}", e)
+        out["error_kind"][i] = INTERNAL
+        return path, e
+
     def _decode_on_device(self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor,
                           out: dict[str, np.ndarray]) -> tuple[np.ndarray, torch.Tensor]:
-        """Decode the JPEG bytes the prepare stage left for us (nvJPEG on a GPU), crop and resize
-        them into ``pixels`` with the planned geometry. Returns the rows still scorable: an image
-        whose body turns out corrupt becomes an error row, without costing the others.
-        Returns (rows still scorable, their pixels)."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.v2.functional import resized_crop
-
+        """Decode the JPEG bytes the prepare stage left for us (:mod:`workers.devdecode`) into
+        ``pixels``. Returns the rows still scorable and their pixels: an image whose body turns out
+        corrupt becomes an error row, without costing the others."""
         enc = batch.get("encoded")
         if enc is None:
             return ok, pixels
-        rows = [j for j, i in enumerate(ok) if isinstance(enc[i], bytes | bytearray)]
-        if not rows:
-            return ok, pixels
         pixels = pixels.clone()  # the host batch may be a read-only view
-        data = [torch.frombuffer(bytearray(enc[ok[j]]), dtype=torch.uint8) for j in rows]
-        try:
-            imgs: list[torch.Tensor | None] = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device,
-                                                               apply_exif_orientation=True))
-        except RuntimeError:
-            imgs = []  # one bad image fails the batched call: retry one by one to find it
-            for d in data:
-                try:
-                    imgs.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True))
-                except RuntimeError:
-                    imgs.append(None)
-        bad = set()
-        for j, img in zip(rows, imgs, strict=True):
-            i = ok[j]
-            if img is None:
-                out["error"][i] = f"{batch['path'][i]}: JPEG data is corrupt (device decode failed)"
-                out["error_kind"][i] = "corrupt"
-                bad.add(j)
-                continue
-            geom = json.loads(batch["geometry"][i])
-            x0, y0, x1, y1 = geom["box"]
-            top, left = int(round(y0)), int(round(x0))
-            mode = InterpolationMode.BICUBIC if geom.get("interpolation") == "bicubic" else InterpolationMode.BILINEAR
-            crop = resized_crop(img, top, left, max(1, int(round(y1)) - top), max(1, int(round(x1)) - left),
-                                [self.h, self.w], interpolation=mode, antialias=True)
-            pixels[j] = crop.permute(1, 2, 0)
+        bad = decode_rows(enc, batch["geometry"], batch["path"], ok, pixels, self.device, (self.h, self.w))
         if not bad:
             return ok, pixels
+        for j, msg in bad.items():
+            out["error"][ok[j]], out["error_kind"][ok[j]] = msg, "corrupt"
         keep = np.array([j not in bad for j in range(len(ok))])
         return ok[keep], pixels[torch.as_tensor(keep, device=pixels.device)]
 
@@ -259,7 +266,9 @@ class Scorer:
     def _score(self, batch: dict[str, Any], ok: np.ndarray, out: dict[str, np.ndarray],
                sets: list[tuple[int, ...]]) -> None:
         dev = self.device
-        pixels = self._to_device(np.asarray(batch["pixels"])[ok])
+        px = batch["pixels"]  # a device tensor when workers.multi decoded it once for several models
+        pixels = px[torch.as_tensor(ok, device=px.device)] if isinstance(px, torch.Tensor) \
+            else self._to_device(np.asarray(px)[ok])
         ok, pixels = self._decode_on_device(batch, ok, pixels, out)
         if not len(ok):
             return
@@ -476,6 +485,9 @@ def _f(v: float) -> float | None:
     return None if not np.isfinite(v) else round(float(v), 6)
 
 
+_PASSED = ("image_id", "path", "dataset_root", "label", "objects", "attributes", "error", "error_kind")
+
+
 def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
     obj = lambda: np.full(n, None, dtype=object)
     nan = lambda: np.full(n, np.nan, dtype=np.float32)
@@ -483,6 +495,7 @@ def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
     out: dict[str, Any] = {
         "image_id": np.asarray(batch["image_id"], dtype=object),
         "path": np.asarray(batch["path"], dtype=object),
+        "dataset_root": np.asarray(batch.get("dataset_root", [None] * n), dtype=object),
         "label": np.asarray(batch["label"], dtype=object),
         "annotations": np.asarray(batch.get("objects", [None] * n), dtype=object),
         "attributes": np.asarray(batch.get("attributes", [None] * n), dtype=object),

@@ -274,7 +274,8 @@ def _audit(tmp_path: Path, n: int, seed: int, **execution) -> tuple[Path, Path]:
     (folder / "auditnets.py").write_text(FACTORY.format(folder=str(folder.resolve())))
     cfg = {"name": "cluster", "output": str(tmp_path / "results"),
            "dataset": {"format": "manifest", "path": str(data / "manifest.csv")},
-           "models": [{"name": "tiny", "source": "python:auditnets:tiny", "num_classes": 3,
+           # fine_layer: auto would load the model on the driver, which this factory refuses
+           "models": [{"name": "tiny", "source": "python:auditnets:tiny", "num_classes": 3, "fine_layer": "none",
                        "classes": ["disk", "square", "triangle"], "preprocess": {"size": 32, "resize": "resize"}}],
            "execution": {"batch_size": 2, "flush_rows": 4, **execution}}
     path = folder / "audit.yaml"

@@ -44,6 +44,9 @@ def test_minimal_config_and_relative_paths(tmp_path):
          r"model names must be unique, repeated: \['a'\]"),
         ({"extra_key": 1}, r"extra_key: Extra inputs are not permitted"),
         ({"models": [{"name": "x", "source": "torchvision:"}]}, r"needs a name after 'torchvision:'"),
+        ({"execution": {"retry_errors": ["truncated", "timeout"]}},
+         r"execution\.retry_errors: unknown error kind\(s\) \['timeout'\]; valid: missing, unreadable"),
+        ({"execution": {"lock_timeout": 0}}, r"execution\.lock_timeout: Input should be greater than 0"),
     ],
 )
 def test_errors_name_file_field_and_value(tmp_path, patch, expect):
@@ -126,3 +129,15 @@ def test_both_maps_is_stored_but_not_fingerprinted(tmp_path):
     assert on.fingerprint == off.fingerprint
     (label,) = plan_models(load_config(_write(tmp_path, {**cfg, "target": "label"})))
     assert label.fingerprint != off.fingerprint
+
+
+def test_error_kinds_are_every_kind_the_workers_write(tmp_path):
+    from pipeline.schema import ERROR_KINDS, TRANSIENT_ERROR_KINDS
+    from common.decode import IMAGE_ERROR_KINDS, MASK_ERROR_KINDS
+    from workers.faults import INTERNAL
+
+    # unknown_label and no_label come from workers.score; internal from workers.faults
+    assert set(ERROR_KINDS) == {*IMAGE_ERROR_KINDS, *MASK_ERROR_KINDS, "unknown_label", "no_label", INTERNAL}
+    assert set(TRANSIENT_ERROR_KINDS) <= set(IMAGE_ERROR_KINDS)
+    assert load_config(_write(tmp_path, BASE)).config.execution.retry_errors == (
+        "missing", "unreadable", "truncated", "empty_file")

@@ -141,14 +141,17 @@ def test_bucket_huggingface_and_webdataset_audits_equal_the_folder(world):
     assert all(p.startswith("arrow://image/") and f"::{bucket}/hf/data-" in p for p in paths)
     paths = read_results(shards, columns=["path"]).column("path").to_pylist()
     assert all(p.startswith("tar://images/") and f"::{bucket}/wds/part-" in p for p in paths)
-    # object-store writes: only finished parts and run records, no temp objects; the record is last
+    # object-store writes: only finished parts, run records and the dataset's ids, no temp objects, and no
+    # lock left behind; the record is last
     root = as_path(in_bucket)
     assert isinstance(root, Location)
     names = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    assert all(n.startswith(("model=tiny/part-", "_runs/")) and not n.split("/")[-1].startswith(".") for n in names)
+    assert all(n.startswith(("model=tiny/part-", "_runs/", "_datasets/")) and not n.split("/")[-1].startswith(".")
+               for n in names)
     (run,) = read_runs(in_bucket)
     assert [n for n in names if n.endswith(".parquet")] and f"_runs/{run.run_id}.json" in names
     assert run.status == "finished" and run.dataset_roots == [f"{bucket}/synth"]
+    assert f"_datasets/{run.dataset_fingerprint}.parquet" in names and run.models["tiny"].coverage.missing == 0
     # a rerun resumes from the bucket: nothing left to score
     raw = {"name": "storage", "output": in_bucket, "models": [{"name": "tiny", **TINY}],
            "dataset": {"format": "manifest", "path": f"{bucket}/synth/manifest.csv"},
@@ -174,9 +177,11 @@ def test_the_dashboard_reads_bucket_results_and_serves_only_audited_images(world
     runs = data.read_runs(root)
     roots = data.run_roots(runs)
     frame = data.load_frame(root)
-    worst, n = data.gallery(frame, "tiny")
-    assert n == 48
-    keys = [data.row_key(r) for _, r in worst.head(3).iterrows()]
+    from dashboard.explore import Filters, model_view, select
+
+    worst = select(model_view(frame, "tiny"), Filters())  # the explorer's default: lowest object share first
+    assert len(worst) == 48
+    keys = [data.row_key(r) for _, r in frame.iloc[worst[:3]].iterrows()]
     details = data.fetch_details(root, "tiny", keys)
     assert len(details) == 3
     for row in details.values():

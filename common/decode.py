@@ -6,7 +6,7 @@ names the file. Nothing here lets a bad file crash a worker or pass as a plausib
 truncated files are never padded (PIL's ``LOAD_TRUNCATED_IMAGES`` is left False), decompression
 bombs are refused from the header before any pixel is decoded, and PIL warnings are logged.
 
-Annotations are rasterised straight onto the model input grid of a :class:`~workers.geometry.Geometry`
+Annotations are rasterised straight onto the model input grid of a :class:`~common.geometry.Geometry`
 as soft masks in [0, 1] (the fraction of each output pixel the object covers), so a 6000 x 4000
 photo never needs a full-resolution mask for a box or polygon.
 
@@ -35,7 +35,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from common.annotations import ObjectAnn
-from workers.geometry import Geometry
+from common.geometry import Geometry
 from common.preprocess import Preprocess
 from common.rle import check_runs, rle_counts, rle_size
 from common.sources import SourceError, read_bytes

@@ -8,8 +8,8 @@ from PIL import Image
 from torchvision import transforms
 
 from common.annotations import ObjectAnn
-from workers.decode import rasterize
-from workers.geometry import Geometry
+from common.decode import rasterize
+from common.geometry import Geometry
 from workers.models import Preprocess
 
 CROP = Preprocess(size=(224, 224), resize="resize_crop", crop_pct=0.875)
