@@ -253,6 +253,7 @@ def demo(
     work: Annotated[Path, typer.Option(help="cache for datasets, trained models and configs")] = Path(".cueaudit/demo"),
     quick: Annotated[bool, typer.Option(help="smaller audit sets (for tests)")] = False,
     address: Annotated[str | None, typer.Option(help="Ray address (default: a local Ray)")] = None,
+    readme: Annotated[Path | None, typer.Option(help="rewrite this README.md's demo verdict table")] = None,
 ) -> None:
     """Synthetic cue datasets + real photos -> train biased/fair models -> audit on Ray -> verdicts.
 
@@ -261,7 +262,7 @@ def demo(
     from cuebench.demo import run_demo
 
     _setup_logging(False)
-    code = run_demo(out=out, work=work, quick=quick, address=address, console=console)
+    code = run_demo(out=out, work=work, quick=quick, address=address, console=console, readme=readme)
     raise typer.Exit(code)
 
 

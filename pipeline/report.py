@@ -36,6 +36,18 @@ def verdict_table(v: Verdict) -> Table:
     return t
 
 
+def verdict_markdown(v: Verdict) -> str:
+    """The verdict table as Markdown (model x check statuses), for README and PR comments: the same
+    rows and columns as :func:`verdict_table`, without colour."""
+    checks = sorted({r.check for m in v.models for r in m.checks})
+    lines = ["| model | verdict | " + " | ".join(c.replace("_", " ") for c in checks) + " |",
+             "|---" * (len(checks) + 2) + "|"]
+    for m in v.models:
+        by = {r.check: r.status for r in m.checks}
+        lines.append(f"| {m.model} | {m.status} | " + " | ".join(by.get(c, "") for c in checks) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def model_panel(m) -> Panel:  # m: ModelVerdict
     ev = m.evidence
     hw = f"{ev.cam_hw[0]}x{ev.cam_hw[1]}" if ev.cam_hw else "-"

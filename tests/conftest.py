@@ -39,13 +39,13 @@ CACHE = ROOT / ".cueaudit" / "test-cache"
 
 @pytest.fixture(scope="session")
 def demo_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The quick synthetic demo's results: biased + fair models per cue, and efficientnet-lite0 on
-    real photos. Datasets and trained models are cached under .cueaudit/test-cache (seed 0; the
-    gate's thresholds were calibrated on seeds 101-103)."""
+    """The demo's results (the full-size demo README shows): biased + fair models per cue, and
+    efficientnet-lite0 on real photos. Datasets and trained models are cached under
+    .cueaudit/test-cache (seed 0; the gate's thresholds were calibrated on other seeds)."""
     from cuebench.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo") / "results"
-    run_demo(out=out, work=CACHE, quick=True, progress=False)
+    run_demo(out=out, work=CACHE, progress=False)
     return out
 
 

@@ -148,10 +148,26 @@ def test_demo_command_exits_with_the_gates_code(demo_results, tmp_path):
 
     out = tmp_path / "results"
     shutil.copytree(demo_results, out)  # resumed: nothing left to score, the gate judges the same results
-    r = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--work", str(CACHE)])
+    r = runner.invoke(app, ["demo", "--out", str(out), "--work", str(CACHE)])
     expected = 0 if evaluate(out).passed else 1
     assert expected == 1  # the biased models fail on purpose
     assert r.exit_code == expected, r.output
+
+
+def test_readme_shows_the_demos_verdicts(demo_results, tmp_path):
+    """README's demo table is what `cueaudit demo` gives (the fixture is the full-size demo): rewritten by
+    `cueaudit demo --readme`, and unchanged when the code gives the same verdicts."""
+    from cuebench.demo import readme_block
+    from tests.conftest import CACHE, ROOT
+
+    out, readme = tmp_path / "results", tmp_path / "README.md"
+    shutil.copytree(demo_results, out)
+    committed = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme.write_text(committed.replace(readme_block(committed), "| stale |\n"), encoding="utf-8")
+    r = runner.invoke(app, ["demo", "--out", str(out), "--work", str(CACHE), "--readme", str(readme)])
+    assert r.exit_code == 1, r.output
+    assert readme_block(readme.read_text(encoding="utf-8")) == readme_block(committed), \
+        "README's demo table is stale: run `cueaudit demo --readme README.md`"
 
 
 def test_saliency_is_judged_at_the_finer_layer_when_the_automatic_one_is_coarse(demo_results, tmp_path):
