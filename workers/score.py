@@ -327,7 +327,7 @@ class Scorer:
 
         emb = self._embeddings(res, maps, target_mask, ht) if self.opts.embedding else {}
 
-        if not self._warned_coarse:
+        if not self._warned_coarse and not self.opts.fine_layer:  # with a fine layer, the finer map is audited too
             msg = coarse_map_warning(mm.object_cells[ht], (maps.shape[1], maps.shape[2]))
             if msg:
                 log.warning("model %s, layer %s: %s", self.model.spec.name, res.layer.removeprefix(COMPILED_PREFIX), msg)
