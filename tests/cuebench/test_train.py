@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
+from common.registry import RegistryError
 from cuebench.synth import CUES, SynthConfig, generate
 from cuebench.train import TrainError, evaluate, spec_from_yaml, train, train_cached
 from workers.archs import ARCHS, tiny_resnet
 from workers.models import ModelSpec, Preprocess, load_model
-from common.registry import RegistryError
 
 
 @pytest.fixture(scope="session")
