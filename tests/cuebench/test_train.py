@@ -88,6 +88,16 @@ def test_train_cached_hits_the_second_time(model_cache: Path) -> None:
     assert (first / "data" / "synth.json").is_file() and (first / "cache.json").is_file()
 
 
+def test_train_cached_renders_the_scenario_options(model_cache: Path) -> None:
+    kw = {"train_n": 24, "epochs": 1, "batch_size": 8}
+    plain = train_cached(model_cache, "texture", "biased", seed=6, **kw)
+    soft = train_cached(model_cache, "texture", "biased", seed=6, salience=0.5, backdrop="mixed", edge_blur=1.0, **kw)
+    assert soft != plain
+    cfg = json.loads((soft / "data" / "synth.json").read_text())["config"]
+    assert (cfg["salience"], cfg["backdrop"], cfg["edge_blur"]) == (0.5, "mixed", 1.0)
+    assert not {"salience", "backdrop", "edge_blur"} & set(json.loads((plain / "data" / "synth.json").read_text())["config"])
+
+
 def test_bad_arguments_are_refused(tiny_data: Path, tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="valid names: tiny_resnet"):
         train(tiny_data, tmp_path, arch="resnet9000")
