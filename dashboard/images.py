@@ -1,11 +1,14 @@
-"""Safe image serving and the Grad-CAM figure: path guard, jet colormap, CAM overlay, object outlines.
+"""Safe image serving and the Grad-CAM figure: path guard, colormaps, CAM overlay, object outlines.
 
 Pure numpy + Pillow (no Streamlit, no matplotlib, no torch), so every piece is unit-tested directly.
 
 The overlay is the classic Grad-CAM figure (Selvaraju et al. 2017; pytorch-grad-cam's
 ``show_cam_on_image``): the raw map is min-max normalised *for display only*, upsampled bilinearly
 (half-pixel centres, like ``F.interpolate(..., align_corners=False)``) into the ``view_box`` region
-of the source image the model saw, coloured with jet and alpha-blended over the image.
+of the source image the model saw, coloured with a perceptually uniform colormap (viridis, or turbo)
+and alpha-blended over the image. Not jet: its uneven lightness invents edges where the map is
+smooth and hides differences where it is not (Borland & Taylor, "Rainbow Color Map (Still)
+Considered Harmful", IEEE CG&A 2007).
 
 >>> heat, inside = cam_heat(np.eye(4), (0, 0, 64, 64), 64, 64)   # doctest: +SKIP
 >>> Image.fromarray(overlay(img, heat, inside))                  # doctest: +SKIP
@@ -25,6 +28,9 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from common.annotations import AnnotationError, ObjectAnn, loads
 from common.rle import decode_rle
+from common.sources import SourceError
+from common.storage import is_uri
+from dashboard.remote import UnsafeSourceError, guard_source, open_source
 
 TARGET_RGB = (0, 255, 0)  # the labelled object
 OTHER_RGB = (255, 0, 255)  # other annotated categories (co-occurring objects)
@@ -44,17 +50,24 @@ def _real(p: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(os.path.abspath(os.fspath(p))))
 
 
-def guard_path(path: str | None, roots: Iterable[str | os.PathLike[str]], base: str | None = None) -> Path:
+def guard_path(path: str | None, roots: Iterable[str | os.PathLike[str]], base: str | None = None) -> Path | str:
     """The real path of ``path`` if it is a regular file inside one of ``roots``, else raise.
 
     Both sides are resolved with :func:`os.path.realpath`, so ``root/../../secret`` and symlinks
     pointing out of a root are judged by where they really lead. A relative ``path`` is taken
     relative to ``base`` (the row's dataset root). A filesystem root (``/``) is never an allowed root.
+    A source URI (an object, a tar member, a dataset row) is judged by :func:`dashboard.remote.guard_source`
+    and returned as a string.
     """
     if not path:
         raise UnsafePathError("the row has no image path")
     if "\x00" in path:
         raise UnsafePathError(f"image path {path!r} contains a NUL byte")
+    if is_uri(path) or (base and is_uri(base) and not os.path.isabs(path)):
+        try:
+            return guard_source(path, [os.fspath(r) for r in roots if r], base, _guard_local)
+        except UnsafeSourceError as e:
+            raise UnsafePathError(str(e)) from None
     p = Path(path)
     if not p.is_absolute():
         if not base:
@@ -80,6 +93,10 @@ def guard_path(path: str | None, roots: Iterable[str | os.PathLike[str]], base: 
     return real
 
 
+def _guard_local(path: str, roots: Iterable[str | os.PathLike[str]]) -> Path:
+    return guard_path(path, [r for r in roots if not is_uri(os.fspath(r))])  # type: ignore[return-value]
+
+
 def allowed_roots(row_root: str | None, run_roots: Sequence[str]) -> list[str]:
     """The roots a row may be served from: the run records' ``dataset_roots`` when any are recorded
     (a crafted ``dataset_root`` cell cannot widen them), else the row's own ``dataset_root``."""
@@ -92,16 +109,37 @@ def allowed_roots(row_root: str | None, run_roots: Sequence[str]) -> list[str]:
 # Colour map and CAM upsampling
 
 
-def jet(x: np.ndarray) -> np.ndarray:
-    """Matplotlib's ``jet`` as piecewise-linear RGB in [0, 1]: (H, W) in [0, 1] -> (H, W, 3).
+# 64 samples (uint8 RGB) of matplotlib's viridis (van der Walt & Smith, CC0) and of turbo (Mikhailov,
+# Google 2019, Apache-2.0), interpolated linearly: within 3/255 of the 256-entry originals interpolated
+# the same way (tests/dashboard/test_images.py compares them with matplotlib's).
+_LUTS = {
+    "viridis": (
+        "44015446075a470d6047136548186a481d6f482374482878472d7b46327e453781443b844240864045883e49893d4e8a"
+        "3a538b38588c365c8d34608d32648e31688e2f6c8e2d708e2c738e2a778e297b8e277f8e26828e24868e238a8d218e8d"
+        "20928c1f968b1f9a8a1f9e891fa18721a58523a98326ad812ab07f2fb47c35b7793bbb7542be714ac16d52c5695ac864"
+        "65cb5e6ece5877d15381d34d8bd64695d840a0da39aadc32b5de2bc0df25cae11fd5e21adfe318eae51af4e61efde725"
+    ),
+    "turbo": (
+        "30123b351e58392a733d358b4040a2424bb54456c74661d6466be34776ee4680f6458afc4294ff3d9efe37a8fa2fb2f4"
+        "27bee920c7df1bd0d518d7ca18dec01ae4b620eaac2aefa135f39443f78752fa7a61fc6c71fe5f80ff538fff499cfe40"
+        "a9fb39b4f836bef434c8ef34d2e935dbe236e3db38ebd339f1cb3af6c33afaba39fcb136fea732fe9b2dfe9029fc8423"
+        "f9751df56918f15d13ec530fe7490ce14109da3907d23105ca2a04c12302b71d02ac1701a11201950d018808027a0403"
+    ),
+}
+COLORMAPS = tuple(_LUTS)
+DEFAULT_COLORMAP = "viridis"
+DEFAULT_ALPHA = 0.5
 
-    0 -> dark blue (0, 0, 0.5), 0.5 -> green (0.5, 1, 0.5), 1 -> dark red (0.5, 0, 0).
-    """
-    v = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
-    r = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
-    g = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
-    b = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
-    return np.stack([r, g, b], axis=-1)
+
+def colormap(x: np.ndarray, name: str = DEFAULT_COLORMAP) -> np.ndarray:
+    """``name`` (viridis or turbo) as RGB in [0, 1]: values in [0, 1], any shape ``S`` -> ``S + (3,)``."""
+    if name not in _LUTS:
+        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
+    lut = np.frombuffer(bytes.fromhex(_LUTS[name]), np.uint8).reshape(-1, 3) / 255.0
+    pos = np.clip(np.nan_to_num(np.asarray(x, dtype=np.float64)), 0.0, 1.0) * (len(lut) - 1)
+    i0 = np.minimum(np.floor(pos).astype(int), len(lut) - 2)
+    f = (pos - i0)[..., None]
+    return lut[i0] * (1 - f) + lut[i0 + 1] * f
 
 
 def normalise(cam: np.ndarray) -> np.ndarray:
@@ -148,21 +186,24 @@ def cam_heat(cam: np.ndarray, view_box: Sequence[float], out_w: int, out_h: int,
 
 
 def overlay(img: np.ndarray, heat: np.ndarray, inside: np.ndarray | None = None,
-            alpha: float = 0.5) -> np.ndarray:
-    """Blend jet(heat) over an (H, W, 3) uint8 image inside the view box -> (H, W, 3) uint8.
+            alpha: float = DEFAULT_ALPHA, cmap: str = DEFAULT_COLORMAP) -> np.ndarray:
+    """Blend ``colormap(heat)`` with opacity ``alpha`` over an (H, W, 3) uint8 image inside the view box
+    -> (H, W, 3) uint8.
 
     Outside the view box the image is dimmed, so what the model never saw is not mistaken for cold.
     """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
     base = np.asarray(img, dtype=np.float64) / 255.0
-    out = (1 - alpha) * base + alpha * jet(heat)
+    out = (1 - alpha) * base + alpha * colormap(heat, cmap)
     if inside is not None:
         out = np.where(inside[..., None], out, 0.35 * base)
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
-def cam_array(row: dict[str, Any]) -> np.ndarray | None:
-    """The row's ``cam`` list as ``(cam_h, cam_w)``, or None when absent or malformed."""
-    cam, h, w = row.get("cam"), row.get("cam_h"), row.get("cam_w")
+def cam_array(row: dict[str, Any], column: str = "cam") -> np.ndarray | None:
+    """The row's ``cam`` (or ``cam_other``) list as ``(cam_h, cam_w)``, or None when absent or malformed."""
+    cam, h, w = row.get(column), row.get("cam_h"), row.get("cam_w")
     if cam is None or h is None or w is None:
         return None
     a = np.asarray(cam, dtype=np.float32)
@@ -227,7 +268,7 @@ def draw_outlines(img: np.ndarray, objects: Sequence[ObjectAnn], label: str | No
                 if width > 1:
                     edge = _thicken(edge)
                 arr_overlays.append((edge, rgb))
-        except (AnnotationError, UnsafePathError, *_DECODE_ERRORS) as e:
+        except (AnnotationError, UnsafePathError, SourceError, *_DECODE_ERRORS) as e:
             notes.append(f"{obj.category}: outline not drawn ({e})")
     out = np.asarray(im).copy()
     for edge, rgb in arr_overlays:
@@ -239,9 +280,11 @@ def draw_outlines(img: np.ndarray, objects: Sequence[ObjectAnn], label: str | No
 # Loading and composing
 
 
-def load_image(path: Path, max_side: int) -> np.ndarray:
-    """Decode, apply EXIF orientation (results use displayed coordinates), fit into ``max_side``."""
-    with Image.open(path) as im:
+def load_image(path: Path | str, max_side: int, roots: Sequence[str] = ()) -> np.ndarray:
+    """Decode, apply EXIF orientation (results use displayed coordinates), fit into ``max_side``.
+
+    ``path`` is what :func:`guard_path` returned (a source URI is read through ``roots``' guard)."""
+    with Image.open(open_source(path, roots, _guard_local)) as im:
         if im.width * im.height > MAX_PIXELS:
             raise UnsafePathError(f"image {str(path)!r} has {im.width}x{im.height} pixels; not decoding it")
         im.draft("RGB", (max_side, max_side))
@@ -263,42 +306,76 @@ def placeholder(w: int, h: int, text: str = "image unavailable") -> np.ndarray:
     return np.asarray(im)
 
 
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How maps are drawn: the colormap and the map's opacity over the image."""
+
+    cmap: str = DEFAULT_COLORMAP
+    alpha: float = DEFAULT_ALPHA
+
+
 @dataclass
 class Figure:
-    """The three panels of one image: original, original + outline, CAM overlay + outline."""
+    """The panels of one image: original, original + outline, CAM overlay + outline, and, where the
+    prediction and the label differ and the run stored both maps, the other class's overlay."""
 
     original: np.ndarray
     outlined: np.ndarray
     overlay: np.ndarray
     notes: list[str] = field(default_factory=list)
     refused: str | None = None  # why the image itself was not read
+    other: np.ndarray | None = None  # overlay of ``cam_other``
+    overlay_title: str = "Grad-CAM overlay"
+    other_title: str = ""
+
+    def panels(self) -> list[tuple[np.ndarray, str]]:
+        out = [(self.original, "original"), (self.outlined, "object outline"), (self.overlay, self.overlay_title)]
+        if self.other is not None:
+            out.append((self.other, self.other_title))
+        return out
 
     def strip(self, gap: int = 4) -> np.ndarray:
-        """The three panels side by side: (H, 3W + 2 gap, 3) uint8."""
-        h = max(p.shape[0] for p in (self.original, self.outlined, self.overlay))
+        """The panels side by side: (H, k W + (k - 1) gap, 3) uint8."""
+        imgs = [p for p, _ in self.panels()]
+        h = max(p.shape[0] for p in imgs)
         parts = []
-        for i, p in enumerate((self.original, self.outlined, self.overlay)):
+        for i, p in enumerate(imgs):
             if p.shape[0] < h:
                 p = np.pad(p, ((0, h - p.shape[0]), (0, 0), (0, 0)), constant_values=255)
             parts.append(p)
-            if i < 2:
+            if i < len(imgs) - 1:
                 parts.append(np.full((h, gap, 3), 255, np.uint8))
         return np.concatenate(parts, axis=1)
 
 
-def figure(row: dict[str, Any], roots: Sequence[str], max_side: int) -> Figure:
-    """Render one result row: reads the image (through :func:`guard_path`), its outlines and CAM.
+def map_titles(row: dict[str, Any]) -> tuple[str, str]:
+    """Titles of the ``cam`` and ``cam_other`` panels: whose class each map explains."""
+    target, pred, label = row.get("target"), row.get("pred"), row.get("label")
+    if not target:
+        return "Grad-CAM overlay", ""
+    role = "prediction" if target == pred else "label" if target == label else "target"
+    other, other_role = (label, "label") if target == pred else (pred, "prediction")
+    return f"Grad-CAM: {target} ({role})", f"Grad-CAM: {other} ({other_role})"
+
+
+def figure(row: dict[str, Any], roots: Sequence[str], max_side: int, mask_roots: Sequence[str] = (),
+           style: OverlayStyle = OverlayStyle()) -> Figure:
+    """Render one result row: reads the image (through :func:`guard_path`), its outlines and CAM(s).
 
     ``row`` needs ``path``, ``dataset_root``, ``image_w``, ``image_h``, ``view_box``, ``cam``,
-    ``cam_h``, ``cam_w``, ``annotations`` and ``label``. Nothing is raised for a bad row: the
-    figure carries a placeholder and the reason.
+    ``cam_h``, ``cam_w``, ``annotations`` and ``label`` (``cam_other``, ``target`` and ``pred`` for the
+    second map). The image is served only from ``roots``; mask files from ``roots`` or ``mask_roots``
+    (the mask folders the audit read). Nothing is raised for a bad row: the figure carries a
+    placeholder and the reason.
     """
     src_w, src_h = row.get("image_w"), row.get("image_h")
     try:
         real = guard_path(row.get("path"), roots, base=row.get("dataset_root"))
-        img = load_image(real, max_side)
+        img = load_image(real, max_side, roots)
     except UnsafePathError as e:
         return _refused(src_w, src_h, max_side, str(e))
+    except SourceError as e:
+        return _refused(src_w, src_h, max_side, f"image {e.message}")
     except _DECODE_ERRORS as e:
         return _refused(src_w, src_h, max_side, f"image {row.get('path')!r} could not be decoded: {e}")
     h, w = img.shape[:2]
@@ -310,10 +387,11 @@ def figure(row: dict[str, Any], roots: Sequence[str], max_side: int) -> Figure:
         objects = loads(row.get("annotations"))
     except AnnotationError as e:
         objects, notes = [], [f"annotations unreadable: {e}"]
+    readable = [*roots, *mask_roots]
 
     def load_mask(mask_path: str) -> np.ndarray:
-        mp = guard_path(mask_path, roots, base=row.get("dataset_root"))
-        with Image.open(mp) as m:
+        mp = guard_path(mask_path, readable, base=row.get("dataset_root"))
+        with Image.open(open_source(mp, readable, _guard_local)) as m:
             if m.width * m.height > MAX_PIXELS:
                 raise UnsafePathError(f"mask {str(mp)!r} is too large to decode")
             return np.asarray(ImageOps.exif_transpose(m).convert("L")) > 0
@@ -323,19 +401,27 @@ def figure(row: dict[str, Any], roots: Sequence[str], max_side: int) -> Figure:
     notes += more
     cam = cam_array(row)
     box = row.get("view_box")
+    title, other_title = map_titles(row)
     if cam is None:
         notes.append("no CAM stored for this row")
-        over = outlined
-    else:
-        if box is None or len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
-            box = (0.0, 0.0, float(src_w), float(src_h))
-            notes.append("no view_box: the map is spread over the whole image")
-        if float(np.nanmax(cam)) <= 0:
-            notes.append("the map is zero everywhere (no evidence for the target)")
-        heat, inside = cam_heat(cam, box, w, h, scale)
-        over, _ = draw_outlines(overlay(img, heat, inside), objects, row.get("label"), scale, load_mask,
-                                width=max(1, width - 1))
-    return Figure(img, outlined, over, notes)
+        return Figure(img, outlined, outlined, notes)
+    if box is None or len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
+        box = (0.0, 0.0, float(src_w), float(src_h))
+        notes.append("no view_box: the map is spread over the whole image")
+
+    def drawn(m: np.ndarray, whose: str) -> np.ndarray:
+        if float(np.nanmax(m)) <= 0:
+            notes.append(f"the map of {whose} is zero everywhere (no evidence for it)")
+        heat, inside = cam_heat(m, box, w, h, scale)
+        out, _ = draw_outlines(overlay(img, heat, inside, style.alpha, style.cmap), objects, row.get("label"),
+                               scale, load_mask, width=max(1, width - 1))
+        return out
+
+    over = drawn(cam, str(row.get("target") or "the target"))
+    alt = cam_array(row, "cam_other")
+    other = None if alt is None else drawn(alt, other_title.removeprefix("Grad-CAM: "))
+    return Figure(img, outlined, over, notes, overlay_title=title, other=other,
+                  other_title=other_title if other is not None else "")
 
 
 def _refused(src_w: Any, src_h: Any, max_side: int, reason: str) -> Figure:

@@ -95,7 +95,7 @@ def run(
 
 @app.command()
 def gate(
-    results: Annotated[Path, typer.Argument(help="results directory written by `cueaudit run`")],
+    results: Annotated[str, typer.Argument(help="results directory (or s3://... prefix) written by `cueaudit run`")],
     policy: Annotated[Path | None, typer.Option(help="gate.yaml (default: the built-in policy)")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="only these models (repeatable)")] = None,
     baseline: Annotated[str | None, typer.Option(help="run id, 'previous', or another results directory")] = None,
@@ -103,31 +103,51 @@ def gate(
     junit: Annotated[Path | None, typer.Option(help="write JUnit XML (one testcase per check)")] = None,
     markdown: Annotated[Path | None, typer.Option(help="write a Markdown summary (for pull requests)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only the verdict table")] = False,
+    review_db: Annotated[Path | None, typer.Option(
+        help="reviewers' decisions to report (default: $CUEAUDIT_REVIEW_DB, else RESULTS/_review.sqlite)")] = None,
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="judge results that are not a finished "
+                                                "run covering its dataset (else exit 2)")] = False,
 ) -> None:
-    """Judge RESULTS against the policy: exit 0 if every model passes, 1 if a check fails, 2 on bad input."""
+    """Judge RESULTS against the policy: exit 0 if every model passes, 1 if a check fails, 2 on bad input
+    or when a model's latest run did not finish or its results miss images of that run's dataset."""
     from pipeline.config import ConfigError, load_policy
-    from pipeline.gate import evaluate, write_json, write_junit, write_markdown
+    from pipeline.gate import attach_review, evaluate, write_json, write_junit, write_markdown
     from pipeline.report import print_report
     from pipeline.schema import ResultsError
+    from pipeline.triage import ReviewError
 
     try:
         pol = load_policy(policy)
-        verdict = evaluate(results, pol, models=model or None, baseline=baseline)
+        verdict = evaluate(results, pol, models=model or None, baseline=baseline, allow_partial=allow_partial)
     except (ConfigError, ResultsError) as e:
         _fail(str(e))
         return
+    if review_db is not None and not review_db.is_file():
+        _fail(f"review database {str(review_db)!r} does not exist")
+    try:
+        attach_review(verdict, results, review_db)
+    except ReviewError as e:
+        err_console.print(f"[yellow]warning:[/] {e}; the verdict is reported without review", highlight=False)
     print_report(verdict, console, detail=not quiet)
+    for name, r in (verdict.review or {}).items():
+        if not r.empty:
+            console.print(f"review of {name}: {r.sentence()}", highlight=False)
     for path, write in ((json_out, write_json), (junit, write_junit), (markdown, write_markdown)):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             write(verdict, path)
-    console.print("[bold green]gate passed[/]" if verdict.passed else "[bold red]gate failed[/]")
-    raise typer.Exit(EXIT_OK if verdict.passed else EXIT_FAIL)
+    if verdict.exit_code == EXIT_USAGE:
+        _fail("the results are not a finished run covering its dataset, so the verdict above is about a partial "
+              "state:\n  " + "\n  ".join(verdict.incomplete_reasons())
+              + "\nRerun `cueaudit run` to complete it, or pass --allow-partial to judge it anyway.")
+    partial = "" if verdict.complete else " (on partial results)"
+    console.print(f"[bold green]gate passed{partial}[/]" if verdict.passed else f"[bold red]gate failed{partial}[/]")
+    raise typer.Exit(verdict.exit_code)
 
 
 @app.command()
 def report(
-    results: Annotated[Path, typer.Argument(help="results directory")],
+    results: Annotated[str, typer.Argument(help="results directory (or s3://... prefix)")],
     policy: Annotated[Path | None, typer.Option(help="gate.yaml for the check columns")] = None,
     model: Annotated[list[str] | None, typer.Option("--model")] = None,
     baseline: Annotated[str | None, typer.Option()] = None,
@@ -153,19 +173,26 @@ def dataset_report(
     limit: Annotated[int | None, typer.Option(help="look at the first N images only")] = None,
 ) -> None:
     """The cues the DATASET offers before any model: colour/label association, co-occurrence, object layout."""
+    from common.storage import configure
     from pipeline.config import ConfigError, load_config
     from pipeline.dataset_report import build_report, print_dataset_report, write_json
     from pipeline.readers import ReaderError, read_manifest
 
     try:
         loaded = load_config(config)
+        configure(loaded.config.storage.to_options())
         manifest = read_manifest(loaded.config.dataset, loaded.base)
     except (ConfigError, ReaderError) as e:
         _fail(str(e))
         return
     if limit:
         manifest = manifest.slice(0, limit)
-    r = build_report(manifest)
+    try:
+        models = {m.name: (m.label_map, m.class_names(loaded.base)) for m in loaded.config.models}
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    r = build_report(manifest, models=models)
     print_dataset_report(r, console)
     if json_out:
         write_json(r, json_out)
@@ -206,14 +233,15 @@ def train(
     lr: Annotated[float, typer.Option()] = 3e-3,
     batch_size: Annotated[int, typer.Option()] = 64,
     size: Annotated[int, typer.Option(help="input side in pixels")] = 64,
+    arch: Annotated[str, typer.Option(help="architecture of workers.archs: tiny_resnet or tiny_vit")] = "tiny_resnet",
 ) -> None:
-    """Train the small benchmark CNN on DATA on the CPU; writes a model.yaml an audit config can use."""
+    """Train a small benchmark model on DATA on the CPU; writes a model.yaml an audit config can use."""
     from cuebench.train import TrainError
     from cuebench.train import train as train_model
 
     try:
-        res = train_model(data, out, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, size=size)
-    except (TrainError, ValueError, OSError) as e:
+        res = train_model(data, out, arch=arch, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, size=size)
+    except (TrainError, ValueError, OSError, KeyError) as e:
         _fail(str(e))
         return
     console.print(f"trained in {res.wall_s:.0f} s, train accuracy {res.train_acc:.1%}; spec: {res.spec_path}")
@@ -226,11 +254,15 @@ def demo(
     quick: Annotated[bool, typer.Option(help="smaller audit sets (for tests)")] = False,
     address: Annotated[str | None, typer.Option(help="Ray address (default: a local Ray)")] = None,
 ) -> None:
-    """Synthetic cue datasets + real photos -> train biased/fair models -> audit on Ray -> verdicts."""
+    """Synthetic cue datasets + real photos -> train biased/fair models -> audit on Ray -> verdicts.
+
+    Exits with the gate's exit code: 1 when a model fails, which the biased models do on purpose.
+    """
     from cuebench.demo import run_demo
 
     _setup_logging(False)
-    run_demo(out=out, work=work, quick=quick, address=address, console=console)
+    code = run_demo(out=out, work=work, quick=quick, address=address, console=console)
+    raise typer.Exit(code)
 
 
 @app.command("list")
@@ -283,39 +315,57 @@ def schema(
 
 @app.command()
 def dashboard(
-    results: Annotated[Path, typer.Argument(help="results directory written by `cueaudit run`")],
+    results: Annotated[str, typer.Argument(help="results directory (or s3://... prefix) written by `cueaudit run`")],
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 8501,
     host: Annotated[str, typer.Option(help="address to bind (0.0.0.0: other machines too)")] = "127.0.0.1",
     policy: Annotated[Path | None, typer.Option(help="gate.yaml for the verdicts (default built-in)")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="until RESULTS holds results, serve a 'waiting for "
+                                                      "results' page instead of exiting (containers)")] = False,
+    review_db: Annotated[Path | None, typer.Option(
+        help="where reviewers' decisions are kept (default: $CUEAUDIT_REVIEW_DB, else RESULTS/_review.sqlite, or a per-URI file in ~/.cache/cueaudit/review for object-store results; "
+             "set it for results on a read-only location)")] = None,
 ) -> None:
     """Browse RESULTS in the Streamlit dashboard (needs the `dashboard` extra); runs until interrupted."""
     import importlib.util
 
+    from common.storage import as_path
     from pipeline.schema import is_results_dir
 
-    if not results.exists():
-        _fail(f"results directory {str(results)!r} does not exist")
-    if not is_results_dir(results):
-        _fail(f"{str(results)!r} is not a cueaudit results directory (no model=*/ part files, no _runs/); "
-              "write one with `cueaudit run audit.yaml`")
+    root = as_path(results)
     if policy is not None and not policy.is_file():
         _fail(f"policy file {str(policy)!r} does not exist")
     dash = importlib.util.find_spec("dashboard")  # locates the app file without importing Streamlit
     if importlib.util.find_spec("streamlit") is None or dash is None or not dash.submodule_search_locations:
         _fail("the dashboard needs Streamlit: pip install 'cueaudit[dashboard]'")
         return
+    if wait and not is_results_dir(root):
+        from pipeline.waiting import wait_for_results
+
+        console.print(f"cueaudit dashboard: waiting for results in {root.resolve()} "
+                      f"(http://{host}:{port})")
+        try:
+            wait_for_results(root, host, port, is_results_dir)
+        except OSError as e:
+            _fail(f"cannot serve the waiting page on {host}:{port}: {e}")
+    if not root.exists():
+        _fail(f"results directory {str(results)!r} does not exist")
+    if not is_results_dir(root):
+        _fail(f"{str(results)!r} is not a cueaudit results directory (no model=*/ part files, no _runs/); "
+              "write one with `cueaudit run audit.yaml` (or start the dashboard with --wait)")
     pkg = Path(next(iter(dash.submodule_search_locations)))
     app_path = pkg / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.port", str(port),
            "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--", str(results.resolve())]
+           "--", str(root.resolve())]
     if policy is not None:
         cmd += ["--policy", str(policy.resolve())]
     # Streamlit puts the app's own folder first on sys.path; make sure `dashboard` resolves to this package
     # (an editable install made before dashboard/__init__.py existed maps it as a namespace package).
     path = [str(pkg.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    console.print(f"cueaudit dashboard: http://{host}:{port}  (results {results.resolve()})")
+    if review_db is not None:
+        env["CUEAUDIT_REVIEW_DB"] = str(review_db.expanduser().resolve())
+    console.print(f"cueaudit dashboard: http://{host}:{port}  (results {root.resolve()})")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, cmd, env)  # Streamlit replaces this process: signals reach the server directly

@@ -1,7 +1,7 @@
 """Worker output columns -> rows of the Parquet schema.
 
 Workers send Arrow-friendly primitives (-1 for a missing index, NaN for a missing float or bool,
-JSON strings for maps, raw float32 bytes for the map); this is the one place that turns them into
+JSON strings for maps, raw float32 bytes for the map, float16 bytes for the embeddings); this is the one place that turns them into
 the typed, nullable columns of :data:`pipeline.schema.RESULT_SCHEMA`.
 """
 
@@ -17,12 +17,14 @@ import pyarrow as pa
 from pipeline.schema import RESULT_SCHEMA, conform
 
 _INT_NULL_NEG = ("label_index", "pred_index", "target_index", "image_w", "image_h")
-_INT_NULL_ZERO = ("cam_h", "cam_w", "input_h", "input_w")
-_BOOL_NAN = ("correct", "pointing_hit")
+_INT_NULL_ZERO = ("cam_h", "cam_w", "input_h", "input_w", "fine_cam_h", "fine_cam_w")
+_BOOL_NAN = ("correct", "pointing_hit", "fine_pointing_hit")
 _FLOAT = ("pred_score", "target_score", "object_share", "object_area", "object_cells", "background_share",
-          "cf_fill_score", "cf_rand_score", "cf_same_score")
+          "cf_fill_score", "cf_rand_score", "cf_same_score", "cf_ctx_score", "cf_ctrl_score", "fine_object_share",
+          "fine_object_cells", "fine_background_share")
 _STR = ("image_id", "path", "label", "pred", "target", "feature_layer", "metric_note", "annotations", "error",
-        "error_kind", "cf_fill_pred", "cf_rand_pred", "cf_same_pred", "cf_rand_donor", "cf_same_donor")
+        "error_kind", "cf_fill_pred", "cf_rand_pred", "cf_same_pred", "cf_rand_donor", "cf_same_donor", "cf_ctx_pred",
+        "cf_ctrl_pred", "fine_layer")
 
 
 def _str(v: Any) -> str | None:
@@ -42,14 +44,15 @@ def _rows_or_null(a: np.ndarray, width: int) -> list[list[float] | None]:
     return [None if b else row.tolist() for row, b in zip(a, bad, strict=True)]
 
 
-def _cam_array(blobs: np.ndarray) -> pa.Array:
-    """float32 bytes per row -> list<float32> without a Python loop over values."""
-    lengths = np.array([len(b) // 4 if isinstance(b, bytes | bytearray) else 0 for b in blobs], dtype=np.int64)
+def _cam_array(blobs: np.ndarray, dtype: type[np.floating] = np.float32) -> pa.Array:
+    """Bytes of ``dtype`` values per row (None: a null row) -> list<dtype> without a Python loop over values."""
+    size = np.dtype(dtype).itemsize
+    lengths = np.array([len(b) // size if isinstance(b, bytes | bytearray) else 0 for b in blobs], dtype=np.int64)
     valid = np.array([isinstance(b, bytes | bytearray) for b in blobs], dtype=bool)
     offsets = np.zeros(len(blobs) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    values = np.frombuffer(b"".join(b for b in blobs if isinstance(b, bytes | bytearray)), dtype=np.float32)
-    arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float32()),
+    values = np.frombuffer(b"".join(b for b in blobs if isinstance(b, bytes | bytearray)), dtype=dtype)
+    arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.from_numpy_dtype(dtype)),
                                    mask=pa.array(~valid))
     return arr
 
@@ -85,13 +88,17 @@ def worker_table(batch: Mapping[str, Any], *, run_id: str, model: str, fingerpri
         if k in batch:
             a = np.asarray(batch[k], dtype=np.float32)
             cols[k] = pa.array(a > 0.5, mask=~np.isfinite(a), type=pa.bool_())
-    if "cam" in batch:
-        cols["cam"] = _cam_array(np.asarray(batch["cam"], dtype=object))
+    for k in ("cam", "fine_cam", "cam_other"):
+        if k in batch:
+            cols[k] = _cam_array(np.asarray(batch[k], dtype=object))
+    for k in ("embedding", "embedding_off", "embedding_on"):  # float16 bytes per row (workers.embed)
+        if k in batch:
+            cols[k] = _cam_array(np.asarray(batch[k], dtype=object), np.float16)
     if "view_box" in batch:
         cols["view_box"] = _rows_or_null(batch["view_box"], 4)
     if "bg_color" in batch:
         cols["bg_color"] = _rows_or_null(batch["bg_color"], 3)
-    for k in ("other_shares", "other_areas", "attributes"):
+    for k in ("other_shares", "other_areas", "attributes", "fine_other_shares"):
         if k in batch:
             cols[k] = [_json_map(v) for v in batch[k]]
     if "scored_at" in batch:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from pipeline.analysis.cues import associations, colour_cue_class, colour_null
 from pipeline.analysis.evidence import to_jsonable
 from common.annotations import AnnotationError, loads
-from workers.decode import ImageError, load_for_model, rasterize
+from common.decode import ImageError, load_for_model, rasterize
 from common.preprocess import Preprocess
 
 PROBE = Preprocess(size=(64, 64), resize="resize", crop_pct=1.0)
@@ -64,6 +64,7 @@ class DatasetReport:
     cooccurrence: dict[str, dict[str, float]]  # label -> category -> P(category present | label)
     associations: dict[str, str]  # category -> class it signals
     flags: list[str]
+    unmapped: dict[str, list[str]] = field(default_factory=dict)  # model -> dataset labels mapping to no class
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)  # NaN -> None, tuples -> lists
@@ -101,7 +102,23 @@ def image_facts(row: dict[str, Any]) -> ImageFacts:
     return f
 
 
-def build_report(manifest: pa.Table, threads: int = 8, min_n: int = 20) -> DatasetReport:
+def unmapped_by_model(labels: list[str], models: dict[str, tuple[Any, tuple[str, ...] | None]]) -> dict[str, list[str]]:
+    """Per model (``name -> (label_map, class names or None)``): the dataset labels that map to no
+    model class, which would all become ``unknown_label`` rows."""
+    from common.labelmaps import unmapped_labels
+
+    out = {}
+    for name, (label_map, classes) in models.items():
+        missing = unmapped_labels(labels, label_map, classes)
+        if missing:
+            out[name] = missing
+    return out
+
+
+def build_report(manifest: pa.Table, threads: int = 8, min_n: int = 20,
+                 models: dict[str, tuple[Any, tuple[str, ...] | None]] | None = None) -> DatasetReport:
+    """The dataset's cues; with ``models`` (name -> (label_map, class names or None)) also the labels
+    each model cannot score."""
     rows = manifest.to_pylist()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         facts = list(pool.map(image_facts, rows))
@@ -157,9 +174,10 @@ def build_report(manifest: pa.Table, threads: int = 8, min_n: int = 20) -> Datas
             if c.center_spread is not None and med > 0 and c.center_spread < 0.5 * med:
                 flags.append(f"objects of '{c.label}' sit in one place (spread {c.center_spread:.2f} vs median "
                              f"{med:.2f}): position may act as a cue")
+    unmapped = unmapped_by_model(sorted(by_class), models or {})
     return DatasetReport(images=len(facts), errors=sum(errors.values()), errors_by_reason=dict(errors),
                          classes=classes, colour_predictiveness=pred, colour_chance=chance, colour_null95=null95,
-                         cooccurrence=co, associations=assoc, flags=flags)
+                         cooccurrence=co, associations=assoc, flags=flags, unmapped=unmapped)
 
 
 def print_dataset_report(r: DatasetReport, console: Any) -> None:
@@ -189,6 +207,9 @@ def print_dataset_report(r: DatasetReport, console: Any) -> None:
         for lab, d in sorted(r.cooccurrence.items()):
             co.add_row(lab, *[f"{d.get(c, 0):.0%}" for c in cats])
         console.print(co)
+    for name, labs in r.unmapped.items():
+        console.print(f"[red]model {name!r}:[/] labels {labs} map to no model class (give them a label_map "
+                      "entry); their images would be unknown_label error rows")
     for f in r.flags:
         console.print(f"[yellow]cue:[/] {f}")
     if not r.flags:

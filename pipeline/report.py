@@ -9,9 +9,10 @@ from rich.text import Text
 
 from pipeline.analysis.checks import FAIL, PASS, SKIP, WARN
 from pipeline.analysis.stats import Estimate, short
-from pipeline.gate import Verdict
+from pipeline.gate import Verdict, coverage_rows
 
-STYLE = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim", "ERROR": "bold magenta", "INFO": "cyan"}
+STYLE = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim", "ERROR": "bold magenta", "INFO": "cyan",
+         "complete": "green", "partial": "bold red", "unverified": "yellow"}
 
 
 def _e(est: Estimate, pct: bool = False) -> str:
@@ -54,15 +55,28 @@ def model_panel(m) -> Panel:  # m: ModelVerdict
         c.add_column(col)
     for r in m.checks:
         c.add_row(r.check, _status(r.status), r.message)
+        for f in r.inconclusive:  # the interval could not decide: say which finding, and why
+            c.add_row("", Text("inconclusive", style="dim italic"), f"{f.scope} {f.statistic}: {f.reason}")
     parts: list = [head, t, c]
     if ev.errors_by_kind:
         parts.append(Text("errors: " + ", ".join(f"{k} {n}" for k, n in sorted(ev.errors_by_kind.items())), style="yellow"))
     return Panel(Group(*parts), expand=True)
 
 
+def coverage_table(v: Verdict) -> Table:
+    t = Table(title="Coverage (what the judged results hold of each model's latest run)", title_justify="left")
+    for col in ("model", "coverage", "latest run", "images", "missing", "errors", "why"):
+        t.add_column(col)
+    for row in coverage_rows(v):
+        t.add_row(row[0], _status(row[1]), *row[2:])
+    return t
+
+
 def print_report(v: Verdict, console: Console | None = None, detail: bool = True) -> None:
     console = console or Console()
     console.print(verdict_table(v))
+    if v.coverage:
+        console.print(coverage_table(v))
     if detail:
         for m in v.models:
             console.print(model_panel(m))

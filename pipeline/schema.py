@@ -6,9 +6,12 @@ Layout of a results directory::
       model=<name>/part-<run_id>-<seq>.parquet   one row per (model, image), written atomically
       _runs/<run_id>.json                        one record per run (config, fingerprints, counts)
 
-Workers write facts, everything downstream reads Parquet: analysis, gate and dashboard never
-recompute a CAM. A part file appears only complete (written to a hidden temp name, then
-``os.replace``), so a reader never sees half a file and a killed run leaves nothing to repair.
+``<output>`` is a local directory or an object-store prefix (``s3://bucket/results``; see
+:mod:`common.storage`). Workers write facts, everything downstream reads Parquet: analysis, gate
+and dashboard never recompute a CAM. A part file appears only complete, so a reader never sees half
+a file and a killed run leaves nothing to repair: on disk it is written to a hidden temp name, then
+``os.replace``; on an object store, where there is no rename, it is one PUT of the finished bytes to
+its final, never reused name (run id + sequence), which the store makes visible whole or not at all.
 This module imports neither torch nor Ray, so the gate runs in a slim CI image.
 """
 
@@ -31,10 +34,23 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from common.storage import AnyPath, Location, as_path, write_atomic
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RUNS_DIR = "_runs"
+
+ERROR_KINDS = (
+    "missing", "unreadable", "empty_file", "not_an_image", "truncated", "corrupt", "too_large",
+    "unsupported_mode", "mask_missing", "mask_size", "mask_corrupt", "annotation", "unknown_label", "no_label",
+    "internal",
+)  # fmt: skip
+"""Every value of ``error_kind`` (what the workers write; ``internal``: an exception of cueaudit or the
+model on that one image, named in ``error``)."""
+TRANSIENT_ERROR_KINDS = ("missing", "unreadable", "truncated", "empty_file")
+"""Error kinds a rerun scores again by default (``execution.retry_errors``): a file not there yet, not
+readable yet, or half uploaded."""
 
 
 @dataclass(frozen=True)
@@ -50,19 +66,20 @@ COLUMNS: tuple[Column, ...] = (
     Column("model", pa.string(), "model name from the config"),
     Column("model_fingerprint", pa.string(), "hash of weights, classes, preprocessing, layer, target and CAM options"),
     Column("image_id", pa.string(), "stable id of the image within the dataset (relative path or dataset id)"),
-    Column("path", pa.string(), "absolute path of the image file"),
-    Column("dataset_root", pa.string(), "root of the audited dataset; the dashboard serves files only below it"),
+    Column("path", pa.string(), "location of the image: an absolute path or a URI (s3://, tar://, parquet://, ...)"),
+    Column("dataset_root", pa.string(), "root of the audited dataset (path or URI); the dashboard serves files only below it"),
     Column("label", pa.string(), "annotated class name (null when unlabelled)"),
-    Column("label_index", pa.int32(), "model output index of the label (null when the model does not know it)"),
+    Column("label_index", pa.int32(), "model output index of the label; with a label_map set, its highest-scoring class (null when unlabelled)"),
     Column("pred", pa.string(), "predicted class name (argmax)"),
     Column("pred_index", pa.int32(), "predicted output index"),
     Column("pred_score", _F32, "softmax probability of the prediction, 0..1"),
     Column("target", pa.string(), "class whose score the CAM explains (the prediction or the label)"),
     Column("target_index", pa.int32(), "output index of the target"),
     Column("target_score", _F32, "softmax probability of the target, 0..1"),
-    Column("correct", pa.bool_(), "pred == label (null when unlabelled)"),
+    Column("correct", pa.bool_(), "pred is the label's class (or in its label_map set; null when unlabelled)"),
     Column("feature_layer", pa.string(), "dotted name of the layer the CAM was taken at"),
     Column("cam", pa.list_(_F32), "raw Grad-CAM map at feature resolution, row-major (cam_h * cam_w), ReLU'd, not normalised"),
+    Column("cam_other", pa.list_(_F32), "where pred != label and `both_maps_when_wrong` is on: the map of the other of the two classes (the label's when the target is the prediction), as `cam`"),
     Column("cam_h", pa.int16(), "map height in feature cells"),
     Column("cam_w", pa.int16(), "map width in feature cells"),
     Column("input_h", pa.int16(), "model input height in pixels"),
@@ -79,6 +96,15 @@ COLUMNS: tuple[Column, ...] = (
     Column("other_areas", pa.map_(pa.string(), _F32), "category -> area fraction of other annotated objects"),
     Column("bg_color", pa.list_(_F32, 3), "mean RGB (0..255) of the background pixels (outside every annotated object)"),
     Column("metric_note", pa.string(), "why a metric is null/NaN (no_object_mask, empty_object_mask, zero_map, ...)"),
+    Column("fine_layer", pa.string(), "finer layer also audited when the feature layer's map is too coarse for the objects (null: none)"),
+    Column("fine_cam", pa.list_(_F32), "raw Grad-CAM map at fine_layer, row-major (fine_cam_h * fine_cam_w), same pass and target"),
+    Column("fine_cam_h", pa.int16(), "fine map height in feature cells"),
+    Column("fine_cam_w", pa.int16(), "fine map width in feature cells"),
+    Column("fine_object_share", _F32, "object_share of the fine map, 0..1"),
+    Column("fine_object_cells", _F32, "object_area * fine_cam_h * fine_cam_w: fine cells the object covers"),
+    Column("fine_background_share", _F32, "background_share of the fine map, 0..1"),
+    Column("fine_other_shares", pa.map_(pa.string(), _F32), "other_shares of the fine map, 0..1"),
+    Column("fine_pointing_hit", pa.bool_(), "pointing_hit of the fine map"),
     Column("cf_fill_pred", pa.string(), "counterfactual: prediction with the background replaced by a neutral fill"),
     Column("cf_fill_score", _F32, "counterfactual: target probability with the neutral fill"),
     Column("cf_rand_pred", pa.string(), "counterfactual (Mixed-Rand): prediction on the object over another class's background"),
@@ -87,6 +113,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("cf_same_pred", pa.string(), "counterfactual (Mixed-Same, the control): prediction over a same-class background"),
     Column("cf_same_score", _F32, "counterfactual (Mixed-Same): target probability"),
     Column("cf_same_donor", pa.string(), "image_id whose background was used for Mixed-Same"),
+    Column("cf_ctx_pred", pa.string(), "context ablation: prediction with every other annotated object removed (box filled with background tiles)"),
+    Column("cf_ctx_score", _F32, "context ablation: target probability"),
+    Column("cf_ctrl_pred", pa.string(), "context ablation's control: prediction with same-size patches of plain background removed"),
+    Column("cf_ctrl_score", _F32, "context ablation's control: target probability"),
+    # Embeddings at the CAM layer (workers/embed.py), for slice discovery (pipeline/analysis/slices.py).
+    Column("embedding", pa.list_(pa.float16()), "global average of the CAM layer's activations, float16 (random-projected to embedding.dim when the layer has more channels)"),
+    Column("embedding_off", pa.list_(pa.float16()), "the same activations pooled with weights CAM x (1 - object mask): what the map looks at off the object (null without a mask)"),
+    Column("embedding_on", pa.list_(pa.float16()), "the same pooled with weights CAM x object mask: what the map looks at on the object (null without a mask)"),
     Column("attributes", pa.map_(pa.string(), pa.string()), "image attributes from the dataset (groups for worst-group analysis)"),
     Column("annotations", pa.string(), "the image's object annotations as JSON (source coordinates), for outlines"),
     Column("error", pa.string(), "null, or why this image could not be scored (names the file and the problem)"),
@@ -127,8 +161,8 @@ def new_run_id(now: datetime | None = None) -> str:
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
-def model_dir(root: str | os.PathLike[str], model: str) -> Path:
-    return Path(root) / f"model={_SAFE.sub('_', model)}"
+def model_dir(root: str | os.PathLike[str] | Location, model: str) -> AnyPath:
+    return as_path(root) / f"model={_SAFE.sub('_', model)}"
 
 
 def conform(columns: Mapping[str, Any] | pa.Table, n: int | None = None) -> pa.Table:
@@ -175,21 +209,23 @@ def _to_pylist(v: Any) -> Any:
 class PartWriter:
     """Writes one model's results of one run as atomic part files.
 
-    Each :meth:`write` makes one ``part-<run_id>-<seq>.parquet``: written to a hidden temp file in
-    the same directory and renamed into place, so a crash at any moment leaves either the whole
-    part or nothing (pyarrow's dataset readers skip names starting with ``.``).
+    Each :meth:`write` makes one ``part-<run_id>-<seq>.parquet``: on disk written to a hidden temp
+    file in the same directory and renamed into place, so a crash at any moment leaves either the
+    whole part or nothing (pyarrow's dataset readers skip names starting with ``.``); on an object
+    store serialised in memory and PUT once under its final name (:func:`common.storage.write_atomic`).
     """
 
-    def __init__(self, root: str | os.PathLike[str], model: str, run_id: str) -> None:
+    def __init__(self, root: str | os.PathLike[str] | Location, model: str, run_id: str) -> None:
         self.dir = model_dir(root, model)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id
         self.seq = 0
         self.rows = 0
-        for stale in self.dir.glob(".part-*.tmp"):
-            stale.unlink(missing_ok=True)  # left by a killed run; never visible to readers
+        if isinstance(self.dir, Path):
+            for stale in self.dir.glob(".part-*.tmp"):
+                stale.unlink(missing_ok=True)  # left by a killed run; never visible to readers
 
-    def write(self, table: pa.Table) -> Path | None:
+    def write(self, table: pa.Table) -> AnyPath | None:
         if table.num_rows == 0:
             return None
         table = conform(table) if table.schema != RESULT_SCHEMA else table
@@ -199,6 +235,12 @@ class PartWriter:
             self.seq += 1
             if not final.exists():
                 break
+        if isinstance(final, Location):
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression="zstd")
+            write_atomic(final, sink.getvalue().to_pybytes())
+            self.rows += table.num_rows
+            return final
         tmp = self.dir / f".{name}.tmp"
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb") as f:
@@ -213,18 +255,63 @@ class PartWriter:
 
 
 @dataclass
+class Coverage:
+    """What the results hold for one model over one dataset state: ``images`` in the dataset, of which
+    ``ok`` have a scored row, ``errors`` an error row (by kind), ``missing`` no row at all."""
+
+    images: int = 0
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    missing: int = 0
+
+    @property
+    def covered(self) -> int:
+        return self.images - self.missing
+
+
+@dataclass
 class ModelRun:
     """What one run did for one model."""
 
     fingerprint: str
     feature_layer: str | None = None
+    fine_layer: str | None = None  # the finer layer audited beside feature_layer (fine_* columns)
+    fine_reason: str | None = None  # why: the objects' median size in feature cells, or "configured"
     source: str = ""
     target: str = "predicted"
     to_score: int = 0
     skipped: int = 0
     scored: int = 0
     errors: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)  # prepare / score (worker CPU or GPU time), write, wall
+    # score (this model's worker time), write; prepare, decode and wall are its prepare group's (shared)
+    seconds: dict[str, float] = field(default_factory=dict)
+    # Resolved from the actors' placement, part of the fingerprint: where it ran, in what precision,
+    # and who decoded the JPEGs (the GPU, or PIL in the prepare tasks).
+    device: str | None = None  # cuda | cpu
+    precision: str | None = None  # bf16 | fp16 | fp32
+    decode: str | None = None  # device | cpu
+    retried: int = 0  # of to_score: images whose latest row was an error of a retried kind
+    errors_by_kind: dict[str, int] = field(default_factory=dict)  # this run's error rows
+    coverage: Coverage | None = None  # after a finished run: the results over the run's dataset
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelRun:
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if isinstance(d.get("coverage"), dict):
+            d["coverage"] = Coverage(**d["coverage"])
+        return cls(**d)
+
+
+@dataclass
+class PrepareGroup:
+    """Models that share a preprocessing, so a run reads and decodes each image (and its donors) once
+    for all of them: ``images`` rows prepared, ``decodes`` image files read and decoded (or probed,
+    for a device decode) including donors, ``seconds`` (prepare, decode on the device, wall)."""
+
+    models: list[str] = field(default_factory=list)
+    images: int = 0
+    decodes: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -239,8 +326,13 @@ class RunRecord:
     updated_at: str | None = None  # heartbeat: rewritten with every committed part
     config: dict[str, Any] = field(default_factory=dict)
     dataset_roots: list[str] = field(default_factory=list)
+    mask_roots: list[str] = field(default_factory=list)  # folders of the mask files the audit read
     images: int = 0
+    # The set of image ids the run's dataset held: its ids are in _datasets/<fingerprint>.parquet.
+    dataset_fingerprint: str | None = None
     models: dict[str, ModelRun] = field(default_factory=dict)
+    groups: list[PrepareGroup] = field(default_factory=list)
+    error: str | None = None  # why a failed run stopped
     cueaudit_version: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -250,24 +342,24 @@ class RunRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunRecord:
         d = dict(d)
-        d["models"] = {k: ModelRun(**v) for k, v in d.get("models", {}).items()}
+        d["models"] = {k: ModelRun.from_dict(v) for k, v in d.get("models", {}).items()}
+        d["groups"] = [PrepareGroup(**g) for g in d.get("groups", [])]
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def write_run(root: str | os.PathLike[str], record: RunRecord) -> Path:
-    d = Path(root) / RUNS_DIR
+def write_run(root: str | os.PathLike[str] | Location, record: RunRecord) -> AnyPath:
+    """Write (or replace) the run's record atomically: readers see the previous or the new one."""
+    d = as_path(root) / RUNS_DIR
     d.mkdir(parents=True, exist_ok=True)
     final = d / f"{record.run_id}.json"
-    tmp = d / f".{record.run_id}.json.tmp"
-    tmp.write_text(record.to_json())
-    os.replace(tmp, final)
+    write_atomic(final, record.to_json().encode())
     return final
 
 
-def read_runs(root: str | os.PathLike[str]) -> list[RunRecord]:
+def read_runs(root: str | os.PathLike[str] | Location) -> list[RunRecord]:
     """Every run record under ``root``, oldest first. Unreadable records are skipped with a warning."""
-    d = Path(root) / RUNS_DIR
+    d = as_path(root) / RUNS_DIR
     runs = []
     for p in sorted(d.glob("*.json")):
         try:
@@ -281,22 +373,31 @@ def read_runs(root: str | os.PathLike[str]) -> list[RunRecord]:
 # Reading
 
 
-def part_files(root: str | os.PathLike[str], models: Sequence[str] | None = None) -> list[Path]:
-    root = Path(root)
+def part_files(root: str | os.PathLike[str] | Location, models: Sequence[str] | None = None) -> list[AnyPath]:
+    """The part files under ``root`` (Paths on disk, :class:`~common.storage.Location` on an object store)."""
+    root = as_path(root)
     if not root.is_dir():
         raise ResultsError(f"results directory {str(root)!r} does not exist")
     dirs = [model_dir(root, m) for m in models] if models else sorted(root.glob("model=*"))
     return sorted(p for d in dirs for p in d.glob("part-*.parquet"))
 
 
-def is_results_dir(root: str | os.PathLike[str]) -> bool:
-    root = Path(root)
+def is_results_dir(root: str | os.PathLike[str] | Location) -> bool:
+    root = as_path(root)
     return root.is_dir() and ((root / RUNS_DIR).is_dir() or any(root.glob("model=*")))
 
 
 def scan(root: str | os.PathLike[str], models: Sequence[str] | None = None) -> pads.Dataset:
     """A lazy pyarrow dataset over every part file, with :data:`RESULT_SCHEMA` (old files gain nulls)."""
-    files = part_files(root, models)
+    return open_parts(part_files(root, models))
+
+
+def open_parts(files: Sequence[AnyPath]) -> pads.Dataset:
+    """A lazy pyarrow dataset over these part files (all on one filesystem), with :data:`RESULT_SCHEMA`."""
+    remote = [f for f in files if isinstance(f, Location)]
+    if remote:
+        return pads.dataset([f.path for f in remote], schema=RESULT_SCHEMA, format="parquet",
+                            filesystem=remote[0].fs)
     return pads.dataset([str(f) for f in files], schema=RESULT_SCHEMA, format="parquet")
 
 
@@ -371,15 +472,32 @@ def _latest_per_image(table: pa.Table) -> pa.Table:
 
 def scored_ids(root: str | os.PathLike[str], model: str, fingerprint: str) -> set[str]:
     """Image ids already scored for ``model`` with exactly this fingerprint (what a resumed run skips)."""
+    done, _ = scored_and_retry(root, model, fingerprint)
+    return set(done.to_pylist())
+
+
+def scored_and_retry(root: str | os.PathLike[str] | Location, model: str, fingerprint: str,
+                     retry: Sequence[str] = ()) -> tuple[pa.Array, pa.Array]:
+    """(ids a run skips, ids it scores again) for ``model`` with exactly this fingerprint.
+
+    An image is scored again when its latest row (newest ``scored_at``, as :func:`read_results`
+    picks it) is an error of a kind in ``retry``; the new row then supersedes it.
+    """
+    empty = pa.array([], pa.string())
     try:
         files = part_files(root, [model])
     except ResultsError:
-        return set()
+        return empty, empty
     if not files:
-        return set()
-    ds = pads.dataset([str(f) for f in files], schema=RESULT_SCHEMA, format="parquet")
-    t = ds.to_table(columns=["image_id"], filter=pc.field("model_fingerprint") == fingerprint)
-    return set(t.column("image_id").to_pylist())
+        return empty, empty
+    cols = ["image_id"] if not retry else ["model", "image_id", "scored_at", "error_kind"]
+    t = open_parts(files).to_table(columns=cols, filter=pc.field("model_fingerprint") == fingerprint)
+    if not retry:
+        return pc.unique(t.column("image_id")), empty
+    t = _latest_per_image(t)
+    again = pc.fill_null(pc.is_in(t.column("error_kind"), value_set=pa.array(list(retry), pa.string())), False)
+    return (t.filter(pc.invert(again)).column("image_id").combine_chunks(),
+            t.filter(again).column("image_id").combine_chunks())
 
 
 def map_to_dict(value: Iterable[tuple[str, Any]] | Mapping[str, Any] | None) -> dict[str, Any]:

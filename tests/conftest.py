@@ -47,3 +47,13 @@ def demo_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "results"
     run_demo(out=out, work=CACHE, quick=True, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server (moto) on 127.0.0.1 for this session; AWS_* point at it."""
+    pytest.importorskip("moto.server", reason="the object-store tests need moto[server]")
+    from tests.objectstore import s3_server
+
+    with s3_server() as server:
+        yield server

@@ -25,3 +25,39 @@ def tiny_cnn(num_classes: int = 3, width: int = 8) -> nn.Module:
 
 def not_a_module() -> object:
     return object()
+
+
+class _RaisesOnWhite(nn.Module):
+    """tiny_cnn that raises on an (almost) white input image, a "poison" image, and works on the rest
+    (normalised with ImageNet statistics, white has a mean of ~2.4, noise ~0.2, the zero input 0)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        white = x.flatten(1).mean(dim=1) > 1.5
+        if bool(white.any()):
+            raise ValueError(f"white input at batch position(s) {white.nonzero().flatten().tolist()}")
+        return self.net(x)
+
+
+def raises_on_white(num_classes: int = 3) -> nn.Module:
+    return _RaisesOnWhite(tiny_cnn(num_classes))
+
+
+class _AlwaysRaises(nn.Module):
+    """Raises on every image; only the all-zero input the loader probes the output size with passes."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == 0).all()):
+            return self.net(x)
+        raise RuntimeError("this model is broken")
+
+
+def always_raises(num_classes: int = 3) -> nn.Module:
+    return _AlwaysRaises(tiny_cnn(num_classes))

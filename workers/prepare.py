@@ -2,18 +2,24 @@
 
 Runs as stateless Ray tasks (``map_batches`` with a function), so decoding scales with the CPUs
 while the actor keeps the accelerator busy. Every image that cannot be prepared becomes a row with
-``error``/``error_kind`` set; nothing raises out of :func:`prepare_batch` for a bad input.
+``error``/``error_kind`` set (an unexpected exception too: ``internal``, see :mod:`workers.faults`);
+nothing raises out of :func:`prepare_batch` for a bad input.
 
 Output columns (all of length N):
 
 - ``pixels`` (N, H, W, 3) uint8: the image after the model's geometry (zeros for error rows);
 - ``masks``: bytes of K soft masks (K, H, W) uint8 (0..255), the target first when present;
 - ``mask_names``: JSON list of the K categories; ``has_target``: whether mask 0 is the target;
-- ``geometry``: JSON of the :class:`workers.geometry.Geometry` (source size + view box);
+- ``geometry``: JSON of the :class:`common.geometry.Geometry` (source size + view box);
 - ``encoded`` (only with ``device_decode``): JPEG bytes the actor decodes on its GPU, else None;
-- ``cf_rand_bg`` / ``cf_same_bg`` (N, H, W, 3) uint8 donor backgrounds with the donor's own object
-  painted over by its mean background colour, plus ``cf_rand_ok`` / ``cf_same_ok`` (only when the
-  batch carries donor columns, i.e. counterfactuals are on).
+- ``cf_rand_bg`` / ``cf_same_bg`` (N, H, W, 3) uint8 donor backgrounds, every instance of the
+  donor's label removed by background tiles (:func:`common.counterfactual.donor_background`), plus
+  ``cf_rand_ok`` / ``cf_same_ok`` (only when the batch carries donor columns, i.e. counterfactuals
+  are on); a donor whose objects leave no background to tile from is not ok;
+- ``cf_ctx_index`` / ``cf_ctrl_index`` (N, H, W) int32 fill maps (:func:`common.counterfactual.fill_index`)
+  that remove the image's other annotated objects / same-size patches of plain background, plus
+  ``cf_ctx_ok`` / ``cf_ctrl_ok`` (only with ``PrepareOptions.context``). Maps, not images: the actor
+  applies them to pixels it may have decoded itself.
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from common import counterfactual as cf
 from common.annotations import AnnotationError, loads
-from workers.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
 from common.preprocess import Preprocess
+from common.storage import StorageOptions, configure
+from common.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
+from workers.faults import INTERNAL, FailureWatch, SystematicFailure, describe, fatal_batch, internal_message
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,13 @@ class PrepareOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     # Plain JPEGs travel as bytes and are decoded by the actor on its GPU (nvJPEG); the rest here.
     device_decode: bool = False
+    # Counterfactual construction (see common.counterfactual): box dilation, the context ablation and
+    # the seed of its control's placement.
+    dilation: float = cf.DEFAULT_DILATION
+    context: bool = False
+    seed: int = 0
+    # How this task reaches object stores (the config's storage section; credentials from the env).
+    storage: StorageOptions | None = None
 
 
 @dataclass
@@ -49,6 +65,14 @@ class Prepared:
     has_target: bool
     geometry: dict[str, Any]
     encoded: bytes | None = None  # JPEG bytes to decode on the device (then pixels are zeros)
+
+    @property
+    def target(self) -> np.ndarray | None:
+        return self.masks[0] if self.has_target else None
+
+    @property
+    def others(self) -> np.ndarray:
+        return self.masks[1:] if self.has_target else self.masks
 
 
 def prepare_one(path: str, label: str | None, objects_json: str | None, opts: PrepareOptions,
@@ -83,24 +107,11 @@ def prepare_one(path: str, label: str | None, objects_json: str | None, opts: Pr
     return Prepared(pixels, stack, names, masks.target is not None, geom.to_dict(), encoded)
 
 
-def donor_background(p: Prepared) -> np.ndarray:
-    """The donor's pixels with its labelled object painted over by its mean background colour.
-
-    Only the donor's *target* object is removed: its other objects are context of its class, which
-    is exactly what Mixed-Rand should carry over (ImageNet-9's backgrounds keep them too).
-    """
-    img = p.pixels.astype(np.float32)
-    if not p.has_target:
-        return p.pixels
-    obj = p.masks[0]
-    fg = np.clip(p.masks.max(axis=0), 0, 1) if len(p.masks) else obj
-    w_bg = 1.0 - fg
-    if w_bg.sum() < 1e-6:
-        fill = img.reshape(-1, 3).mean(0)
-    else:
-        fill = (img * w_bg[..., None]).reshape(-1, 3).sum(0) / w_bg.sum()
-    out = img * (1.0 - obj[..., None]) + fill * obj[..., None]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+def donor_background(p: Prepared, dilation: float = cf.DEFAULT_DILATION) -> np.ndarray | None:
+    """The donor's pixels with every instance of its label removed by background tiles (None: unusable)."""
+    if p.target is None:
+        return None
+    return cf.donor_background(p.pixels, p.target, p.others, dilation)
 
 
 def _quantise(masks: np.ndarray) -> bytes:
@@ -112,67 +123,114 @@ def unpack_masks(blob: bytes, k: int, h: int, w: int) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.uint8, count=k * h * w).reshape(k, h, w)
 
 
+_WATCH = FailureWatch("prepare")  # per worker process: see workers.faults
+
+
 def prepare_batch(batch: dict[str, np.ndarray], opts: PrepareOptions) -> dict[str, np.ndarray]:
     """Ray ``map_batches`` function: manifest columns in, prepared columns added.
 
     ``_t_prepare`` carries this batch's seconds spread over its rows (the driver sums it into the
-    run record's timings: where the time goes).
+    run record's timings: where the time goes); ``_n_decodes`` the image files each row read and
+    decoded (or probed, for a device decode), donors included. An exception on one image (any,
+    not only a bad file's :class:`~common.decode.ImageError`) becomes that row's ``internal`` error;
+    a batch whose every image raises the same way is returned as a :data:`~workers.faults.FATAL`
+    marker (see :mod:`workers.faults`).
     """
     t0 = time.perf_counter()
+    if opts.storage is not None:
+        configure(opts.storage)
     n = len(batch["image_id"])
     h, w = opts.preprocess.size
     pixels = np.zeros((n, h, w, 3), np.uint8)
-    masks = np.empty(n, dtype=object)
-    names = np.empty(n, dtype=object)
+    masks = np.full(n, b"", dtype=object)
+    names = np.full(n, "[]", dtype=object)
     has_target = np.zeros(n, dtype=bool)
-    geometry = np.empty(n, dtype=object)
+    geometry = np.full(n, None, dtype=object)
     encoded = np.full(n, None, dtype=object)
+    decodes = np.zeros(n, np.int32)
     error = np.array([e if isinstance(e, str) and e else None for e in batch.get("error", [None] * n)], dtype=object)
     error_kind = np.array(["annotation" if e else None for e in error], dtype=object)
     with_cf = "cf_rand_path" in batch
+    extra: dict[str, np.ndarray] = {}
     if with_cf:
-        cf = {k: np.zeros((n, h, w, 3), np.uint8) for k in ("cf_rand_bg", "cf_same_bg")}
-        cf_ok = {k: np.zeros(n, dtype=bool) for k in ("cf_rand_ok", "cf_same_ok")}
+        extra.update({k: np.zeros((n, h, w, 3), np.uint8) for k in ("cf_rand_bg", "cf_same_bg")})
+        extra.update({k: np.zeros(n, dtype=bool) for k in ("cf_rand_ok", "cf_same_ok")})
+    if opts.context:
+        extra.update({k: np.full((n, h, w), -1, np.int32) for k in ("cf_ctx_index", "cf_ctrl_index")})
+        extra.update({k: np.zeros(n, dtype=bool) for k in ("cf_ctx_ok", "cf_ctrl_ok")})
+    attempted = 0
+    failures: list[tuple[str, BaseException]] = []
     for i in range(n):
-        masks[i] = b""
-        names[i] = "[]"
-        geometry[i] = None
         if error[i] is not None:
             continue
         path = str(batch["path"][i])
-        label = batch["label"][i] if isinstance(batch["label"][i], str) else None
+        attempted += 1
+        counter = [0]
         try:
-            p = prepare_one(path, label, batch["objects"][i], opts, device_decode=opts.device_decode)
+            p, row_extra = _prepare_row(batch, i, opts, with_cf, counter)
         except ImageError as e:
             error[i], error_kind[i] = str(e), e.kind
+            decodes[i] = counter[0]
             continue
+        except Exception as e:  # noqa: BLE001 - one image's exception is its error row (workers.faults)
+            error[i], error_kind[i] = internal_message(path, "preparing it", e), INTERNAL
+            decodes[i] = counter[0]
+            failures.append((path, e))
+            continue
+        decodes[i] = counter[0]
         pixels[i] = p.pixels
         encoded[i] = p.encoded
         masks[i] = _quantise(p.masks)
         names[i] = json.dumps(p.names)
         has_target[i] = p.has_target
         geometry[i] = json.dumps(p.geometry)
-        if with_cf and p.has_target:
-            for kind in ("rand", "same"):
-                dpath = batch[f"cf_{kind}_path"][i]
-                if not isinstance(dpath, str) or not dpath:
-                    continue
-                try:
-                    d = prepare_one(dpath, batch[f"cf_{kind}_label"][i], batch[f"cf_{kind}_objects"][i], opts)
-                except ImageError as e:
-                    # A broken donor must not cost the image its row: that counterfactual is skipped.
-                    log.warning("counterfactual donor %s for %s unusable: %s", dpath, path, e)
-                    continue
-                if d.has_target:
-                    cf[f"cf_{kind}_bg"][i] = donor_background(d)
-                    cf_ok[f"cf_{kind}_ok"][i] = True
+        for k, v in row_extra.items():
+            extra[k][i] = v
+    try:
+        _WATCH.record(attempted, failures)
+    except SystematicFailure as e:
+        return fatal_batch(n, e)
     out = dict(batch)
     out.update(pixels=pixels, masks=masks, mask_names=names, has_target=has_target, geometry=geometry,
                error=error, error_kind=error_kind)
     if opts.device_decode:
         out["encoded"] = encoded
-    if with_cf:
-        out.update(cf)
-        out.update(cf_ok)
+    out.update(extra)
     out["_t_prepare"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
+    out["_n_decodes"] = decodes
     return out
+
+
+def _prepare_row(batch: dict[str, np.ndarray], i: int, opts: PrepareOptions, with_cf: bool,
+                 counter: list[int]) -> tuple[Prepared, dict[str, Any]]:
+    """One image, its donors' backgrounds and its ablation maps; nothing is assigned until all succeeded."""
+    path = str(batch["path"][i])
+    label = batch["label"][i] if isinstance(batch["label"][i], str) else None
+    counter[0] += 1
+    p = prepare_one(path, label, batch["objects"][i], opts, device_decode=opts.device_decode)
+    h, w = opts.preprocess.size
+    extra: dict[str, Any] = {}
+    if with_cf and p.has_target:
+        for kind in ("rand", "same"):
+            dpath = batch[f"cf_{kind}_path"][i]
+            if not isinstance(dpath, str) or not dpath:
+                continue
+            counter[0] += 1
+            try:
+                d = prepare_one(dpath, batch[f"cf_{kind}_label"][i], batch[f"cf_{kind}_objects"][i], opts)
+            except ImageError as e:
+                # A broken donor must not cost the image its row: that counterfactual is skipped.
+                log.warning("counterfactual donor %s for %s unusable: %s", dpath, path, e)
+                continue
+            except Exception as e:  # re-raised naming the donor: the image's error row says which
+                raise RuntimeError(f"counterfactual donor {dpath}: {describe(e)}") from e
+            bg = donor_background(d, opts.dilation)
+            if bg is not None:
+                extra[f"cf_{kind}_bg"], extra[f"cf_{kind}_ok"] = bg, True
+    if opts.context and len(p.others):
+        rng = cf.placement_rng(opts.seed, str(batch["image_id"][i]))
+        maps = cf.ablation_indices(p.target, p.others, (h, w), rng, opts.dilation)
+        for kind, index in zip(("ctx", "ctrl"), maps, strict=True):
+            if index is not None:
+                extra[f"cf_{kind}_index"], extra[f"cf_{kind}_ok"] = index, True
+    return p, extra

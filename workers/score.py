@@ -7,14 +7,13 @@ come back. All math runs on the device in fp32.
 
 Output columns (numpy, one entry per input row, errors included) follow the names of
 :mod:`pipeline.schema` (plus ``_t_*`` timing columns the driver aggregates and drops); nullable ints use -1, nullable floats and booleans NaN, maps JSON strings,
-``cam`` the float32 bytes of the (cam_h * cam_w) map, so Ray can move them as plain Arrow columns. The driver turns them into the Parquet schema.
+``cam`` the float32 bytes of the (cam_h * cam_w) map, the embeddings float16 bytes, so Ray can move them as plain Arrow columns. The driver turns them into the Parquet schema.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,20 +21,32 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.labelmaps import ClassIndex, label_sets
 from workers.cam import make_cam
+from workers.embed import COLUMNS as EMBEDDING_COLUMNS
+from workers.embed import embed, projection
+from workers.devdecode import decode_rows
+from workers.faults import INTERNAL, FailureWatch, internal_message
 from workers.metrics import background_color, coarse_map_warning, mass_metrics
 from workers.models import LoadedModel, ModelSpec, load_model
 
 log = logging.getLogger(__name__)
 
+FINE_KEYS = (
+    "fine_layer", "fine_cam", "fine_cam_h", "fine_cam_w", "fine_object_share", "fine_object_cells",
+    "fine_background_share", "fine_other_shares", "fine_pointing_hit",
+)  # fmt: skip
+"""The same map and metrics at the finer layer (``ScoreOptions.fine_layer``); null without one."""
+
 RESULT_KEYS = (
-    "image_id", "path", "label", "label_index", "pred", "pred_index", "pred_score", "target", "target_index",
+    "image_id", "path", "dataset_root", "label", "label_index", "pred", "pred_index", "pred_score", "target", "target_index",
     "target_score", "correct", "feature_layer", "cam", "cam_h", "cam_w", "input_h", "input_w", "image_w",
     "image_h", "view_box", "object_share", "object_area", "object_cells", "pointing_hit", "background_share",
     "other_shares", "other_areas", "bg_color", "metric_note", "annotations", "attributes", "error", "error_kind",
     "scored_at", "cf_fill_pred", "cf_fill_score", "cf_rand_pred", "cf_rand_score", "cf_rand_donor",
-    "cf_same_pred", "cf_same_score", "cf_same_donor",
-)  # fmt: skip
+    "cf_same_pred", "cf_same_score", "cf_same_donor", "cf_ctx_pred", "cf_ctx_score", "cf_ctrl_pred",
+    "cf_ctrl_score", "cam_other", "embedding", "embedding_off", "embedding_on",
+) + FINE_KEYS  # fmt: skip
 
 COMPILED_PREFIX = "_orig_mod."
 _AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,9 +59,18 @@ def resolve_autocast(name: str, device: torch.device) -> torch.dtype | None:
     return _AUTOCAST[name]
 
 
+LabelMapItems = tuple[tuple[str, tuple[int | str, ...]], ...]
+
+
 @dataclass(frozen=True)
 class ScoreOptions:
-    """How a worker scores: CAM method and layer, target, device and numeric options."""
+    """How a worker scores: CAM method and layer, target, device and numeric options.
+
+    ``layout``/``prefix_tokens`` tell the engine how to read feature maps (``auto``: recognised; see
+    :mod:`workers.cam`); ``label_map`` sends dataset labels to sets of model classes (label ->
+    class indices or names; see :mod:`common.labelmaps`); ``fine_layer`` adds a second map at that
+    layer, computed in the same pass, with its own metrics (the ``fine_*`` columns).
+    """
 
     cam: str = "gradcam"
     layer: str | None = None
@@ -60,6 +80,14 @@ class ScoreOptions:
     counterfactual: bool = False
     fill: str = "mean"  # mean (the normalisation mean: a zero input) | gray | black
     compile: bool = False
+    layout: str = "auto"
+    prefix_tokens: int | None = None
+    label_map: LabelMapItems | None = None
+    fine_layer: str | None = None
+    both_maps: bool = False  # also store the map of the other class of (pred, label) where they differ
+    embedding: bool = True  # pooled CAM-layer features per image (workers.embed), for slice discovery
+    embedding_dim: int = 128  # random projection to this many dimensions when the layer has more channels
+    embedding_seed: int = 0  # seed of that projection
 
 
 def pick_device(want: str) -> torch.device:
@@ -68,10 +96,6 @@ def pick_device(want: str) -> torch.device:
     if want == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("execution.device is 'cuda' but this worker sees no CUDA device")
     return torch.device(want)
-
-
-def normalise_name(name: str) -> str:
-    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
 
 
 class Scorer:
@@ -84,15 +108,17 @@ class Scorer:
         module = self.model.module
         if self.device.type == "cuda":
             module.to(memory_format=torch.channels_last)
-        layer = opts.layer
+        layer, fine = opts.layer, opts.fine_layer
         if opts.compile:
             # torch.compile wraps the model: its submodules are named "_orig_mod.<name>" (hooks still
             # run, at a graph break); layer names in and out stay those of the plain model.
             module = torch.compile(module)
             layer = f"{COMPILED_PREFIX}{layer}" if layer else None
+            fine = f"{COMPILED_PREFIX}{fine}" if fine else None
         autocast = resolve_autocast(opts.autocast, self.device)
         self.autocast = autocast
-        self.cam = make_cam(opts.cam, module, layer=layer, autocast=autocast)
+        self.cam = make_cam(opts.cam, module, layer=layer, autocast=autocast, layout=opts.layout,
+                            prefix_tokens=opts.prefix_tokens, extra_layers=(fine,) if fine else ())
         self.module = module
         pre = self.model.preprocess
         self.h, self.w = pre.size
@@ -101,20 +127,28 @@ class Scorer:
         self.fill255 = {"mean": self.mean255, "gray": torch.full_like(self.mean255, 127.5),
                         "black": torch.zeros_like(self.mean255)}[opts.fill]
         self.classes = list(self.model.classes)
-        exact = {c: i for i, c in enumerate(self.classes)}
-        loose: dict[str, int] = {}
-        for c, i in exact.items():
-            loose.setdefault(normalise_name(c), i)
-        self._exact, self._loose = exact, loose
+        self._index = ClassIndex(self.classes)
+        try:
+            self._sets = label_sets({k: tuple(v) for k, v in opts.label_map} if opts.label_map else None,
+                                    self.classes)
+        except ValueError as e:
+            raise ValueError(f"model {spec.name!r}: {e}") from None
         self._warned_coarse = False
+        self._projections: dict[int, torch.Tensor | None] = {}  # channels -> fixed projection (embeddings)
+        self._watch = FailureWatch(f"model {spec.name!r}")
 
     # -- helpers -------------------------------------------------------------------------------
 
     def class_of(self, label: str) -> int:
         """Model output index of a dataset class name: exact match first, then case/spacing-insensitive."""
-        if label in self._exact:
-            return self._exact[label]
-        return self._loose.get(normalise_name(label), -1)
+        return self._index.index(label)
+
+    def classes_of(self, label: str) -> tuple[int, ...]:
+        """The model classes a dataset label stands for: its ``label_map`` set, else its class name."""
+        if label in self._sets:
+            return self._sets[label]
+        i = self.class_of(label)
+        return (i,) if i >= 0 else ()
 
     def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 on the device -> normalised (N, 3, H, W) float32."""
@@ -146,24 +180,23 @@ class Scorer:
         out["input_w"][:] = self.w
         error = out["error"]
         kind = out["error_kind"]
-        label_index = out["label_index"]
+        sets: list[tuple[int, ...]] = [()] * n
         for i in range(n):
             if error[i] is not None:
                 continue
             label = batch["label"][i]
             if isinstance(label, str) and label:
-                li = self.class_of(label)
-                if li < 0:
+                sets[i] = self.classes_of(label)
+                if not sets[i]:
                     error[i] = (f"{batch['path'][i]}: label {label!r} is not a class of model "
-                                f"{self.model.spec.name!r} ({len(self.classes)} classes)")
+                                f"{self.model.spec.name!r} ({len(self.classes)} classes) and label_map "
+                                "does not map it")
                     kind[i] = "unknown_label"
-                    continue
-                label_index[i] = li
             elif self.opts.target == "label":
                 error[i], kind[i] = f"{batch['path'][i]}: no label, but target is 'label'", "no_label"
         ok = np.flatnonzero(np.array([e is None for e in error], dtype=bool))
         if len(ok):
-            self._score(batch, ok, out)
+            self._score_isolated(batch, ok, out, sets)
         out["scored_at"][:] = int(time.time() * 1000)
         # Timing columns (dropped before Parquet): seconds per row, summed by the driver.
         out["_t_score"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
@@ -171,67 +204,92 @@ class Scorer:
             out["_t_prepare"] = np.asarray(batch["_t_prepare"], dtype=np.float64)
         return out
 
+    def _score_isolated(self, batch: dict[str, Any], ok: np.ndarray, out: dict[str, np.ndarray],
+                        sets: list[tuple[int, ...]]) -> None:
+        """:meth:`_score` the batch; if it raises, score its images one by one, so an exception on one
+        image becomes that image's ``internal`` error row (:mod:`workers.faults`) and costs no other."""
+        try:
+            self._score(batch, ok, out, sets)
+            self._watch.record(len(ok), [])
+            return
+        except Exception as e:  # noqa: BLE001 - isolated below, one image at a time
+            if len(ok) == 1:
+                failures = [self._failed(batch, int(ok[0]), out, e)]
+                self._watch.record(1, failures)
+                return
+            log.warning("model %s: a batch of %d images raised %s: %s; scoring them one by one",
+                        self.model.spec.name, len(ok), type(e).__name__, e)
+        failures = []
+        for i in ok:
+            try:
+                self._score(batch, np.array([i]), out, sets)
+            except Exception as e:  # noqa: BLE001 - this image's error row
+                failures.append(self._failed(batch, int(i), out, e))
+        self._watch.record(len(ok), failures)
+
+    def _failed(self, batch: dict[str, Any], i: int, out: dict[str, np.ndarray],
+                e: BaseException) -> tuple[str, BaseException]:
+        """Row ``i`` back to empty, with the exception as its error."""
+        blank = _empty_columns(1, {k: np.asarray(batch[k], dtype=object)[i:i + 1] for k in _PASSED if k in batch})
+        for k, v in blank.items():
+            out[k][i] = v[0]
+        out["input_h"][i], out["input_w"][i] = self.h, self.w
+        path = str(batch["path"][i])
+        out["error"][i] = internal_message(path, f"scoring it with model {self.model.spec.name!r}", e)
+        out["error_kind"][i] = INTERNAL
+        return path, e
+
     def _decode_on_device(self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor,
                           out: dict[str, np.ndarray]) -> tuple[np.ndarray, torch.Tensor]:
-        """Decode the JPEG bytes the prepare stage left for us (nvJPEG on a GPU), crop and resize
-        them into ``pixels`` with the planned geometry. Returns the rows still scorable: an image
-        whose body turns out corrupt becomes an error row, without costing the others.
-        Returns (rows still scorable, their pixels)."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-        from torchvision.transforms.v2.functional import resized_crop
-
+        """Decode the JPEG bytes the prepare stage left for us (:mod:`workers.devdecode`) into
+        ``pixels``. Returns the rows still scorable and their pixels: an image whose body turns out
+        corrupt becomes an error row, without costing the others."""
         enc = batch.get("encoded")
         if enc is None:
             return ok, pixels
-        rows = [j for j, i in enumerate(ok) if isinstance(enc[i], bytes | bytearray)]
-        if not rows:
-            return ok, pixels
         pixels = pixels.clone()  # the host batch may be a read-only view
-        data = [torch.frombuffer(bytearray(enc[ok[j]]), dtype=torch.uint8) for j in rows]
-        try:
-            imgs: list[torch.Tensor | None] = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device,
-                                                               apply_exif_orientation=True))
-        except RuntimeError:
-            imgs = []  # one bad image fails the batched call: retry one by one to find it
-            for d in data:
-                try:
-                    imgs.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True))
-                except RuntimeError:
-                    imgs.append(None)
-        bad = set()
-        for j, img in zip(rows, imgs, strict=True):
-            i = ok[j]
-            if img is None:
-                out["error"][i] = f"{batch['path'][i]}: JPEG data is corrupt (device decode failed)"
-                out["error_kind"][i] = "corrupt"
-                bad.add(j)
-                continue
-            x0, y0, x1, y1 = json.loads(batch["geometry"][i])["box"]
-            top, left = int(round(y0)), int(round(x0))
-            crop = resized_crop(img, top, left, max(1, int(round(y1)) - top), max(1, int(round(x1)) - left),
-                                [self.h, self.w], antialias=True)
-            pixels[j] = crop.permute(1, 2, 0)
+        bad = decode_rows(enc, batch["geometry"], batch["path"], ok, pixels, self.device, (self.h, self.w))
         if not bad:
             return ok, pixels
+        for j, msg in bad.items():
+            out["error"][ok[j]], out["error_kind"][ok[j]] = msg, "corrupt"
         keep = np.array([j not in bad for j in range(len(ok))])
         return ok[keep], pixels[torch.as_tensor(keep, device=pixels.device)]
 
-    def _score(self, batch: dict[str, Any], ok: np.ndarray, out: dict[str, np.ndarray]) -> None:
+    def _label_mask(self, sets: list[tuple[int, ...]], ok: np.ndarray) -> torch.Tensor:
+        """``(n, classes)`` bool: the model classes each row's label stands for (all False: no label)."""
+        mask = np.zeros((len(ok), len(self.classes)), dtype=bool)
+        for j, i in enumerate(ok):
+            mask[j, list(sets[i])] = True
+        return torch.from_numpy(mask).to(self.device)
+
+    def _score(self, batch: dict[str, Any], ok: np.ndarray, out: dict[str, np.ndarray],
+               sets: list[tuple[int, ...]]) -> None:
         dev = self.device
-        pixels = self._to_device(np.asarray(batch["pixels"])[ok])
+        px = batch["pixels"]  # a device tensor when workers.multi decoded it once for several models
+        pixels = px[torch.as_tensor(ok, device=px.device)] if isinstance(px, torch.Tensor) \
+            else self._to_device(np.asarray(px)[ok])
         ok, pixels = self._decode_on_device(batch, ok, pixels, out)
         if not len(ok):
             return
         x = self._normalise(pixels)
+        in_label = self._label_mask(sets, ok)
         targets = None
         if self.opts.target == "label":
-            targets = torch.as_tensor(out["label_index"][ok], dtype=torch.long, device=dev)
+            # The label's highest-scoring class: max over its set routes the gradient to that logit only.
+            targets = lambda logits: logits.float().masked_fill(~in_label, float("-inf")).amax(dim=1)
         res = self.cam(x, targets=targets)
         maps = res.maps.float()
-        probs = torch.softmax(res.logits.float(), dim=1)
+        logits = res.logits.float()
+        probs = torch.softmax(logits, dim=1)
         pred_score, pred = probs.max(dim=1)
-        tgt = res.targets if res.targets is not None else pred
+        has_label = in_label.any(dim=1)
+        label_best = logits.masked_fill(~in_label, float("-inf")).argmax(dim=1)
+        tgt = label_best if self.opts.target == "label" else pred
         tgt_score = probs.gather(1, tgt.view(-1, 1)).squeeze(1)
+        correct = in_label.gather(1, pred.view(-1, 1)).squeeze(1)
+        other_rows, other_maps = (self._other_maps(x, has_label & ~correct, torch.where(tgt == pred, label_best, pred))
+                                  if self.opts.both_maps else (np.zeros(0, np.int64), None))
 
         # Masks: (K_i, H, W) per image, padded to K = max K_i; mask 0 is the target when present.
         names = [json.loads(batch["mask_names"][i]) for i in ok]
@@ -258,12 +316,16 @@ class Scorer:
             others = m.new_zeros((n, 0, h, w))
             valid = torch.zeros((n, 0), dtype=torch.bool, device=dev)
         mm = mass_metrics(maps, target_mask, ht, others, valid)
+        fine = next(iter(res.extra.items()), None)
+        fm = mass_metrics(fine[1].float(), target_mask, ht, others, valid) if fine is not None else None
         fg = m.amax(dim=1) if k_max else m.new_zeros((n, h, w))
         bg = background_color(pixels.permute(0, 3, 1, 2), fg)
 
         cf: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if self.opts.counterfactual and "cf_rand_bg" in batch:
-            cf = self._counterfactuals(batch, ok, pixels, target_mask, ht, tgt)
+        if self.opts.counterfactual:
+            cf = self._counterfactuals(batch, ok, pixels, target_mask, has_target, tgt)
+
+        emb = self._embeddings(res, maps, target_mask, ht) if self.opts.embedding else {}
 
         if not self._warned_coarse:
             msg = coarse_map_warning(mm.object_cells[ht], (maps.shape[1], maps.shape[2]))
@@ -280,6 +342,8 @@ class Scorer:
         }.items()}
         pred_np = pred.cpu().numpy()
         tgt_np = tgt.cpu().numpy()
+        label_np = torch.where(has_label, label_best, -1).cpu().numpy()
+        correct_np = torch.where(has_label, correct.float(), float("nan")).cpu().numpy()
         cam_np = maps.reshape(n, -1).cpu().numpy()
         ch, cw = maps.shape[1], maps.shape[2]
         out["cam_h"][ok], out["cam_w"][ok] = ch, cw
@@ -289,13 +353,13 @@ class Scorer:
         out["bg_color"][ok] = cpu["bg_color"]
         out["pred_index"][ok] = pred_np
         out["target_index"][ok] = tgt_np
+        out["label_index"][ok] = label_np
+        out["correct"][ok] = correct_np
         for j, i in enumerate(ok):
             out["pred"][i] = self.classes[pred_np[j]]
             out["target"][i] = self.classes[tgt_np[j]]
             out["feature_layer"][i] = res.layer.removeprefix(COMPILED_PREFIX)
             out["cam"][i] = cam_np[j].astype(np.float32).tobytes()
-            li = out["label_index"][i]
-            out["correct"][i] = np.nan if li < 0 else float(li == pred_np[j])
             others_j = names[j][1:] if has_target[j] else names[j]
             out["other_shares"][i] = json.dumps({c: _f(cpu["other_shares"][j, q]) for q, c in enumerate(others_j)})
             out["other_areas"][i] = json.dumps({c: _f(cpu["other_areas"][j, q]) for q, c in enumerate(others_j)})
@@ -303,44 +367,125 @@ class Scorer:
             g = json.loads(batch["geometry"][i])
             out["image_w"][i], out["image_h"][i] = g["src_w"], g["src_h"]
             out["view_box"][i] = g["box"]
+        if fine is not None and fm is not None:
+            self._fine_columns(out, ok, names, has_target, fine[0].removeprefix(COMPILED_PREFIX), fine[1], fm)
+        if other_maps is not None:
+            for j, m in zip(other_rows.tolist(), other_maps.reshape(len(other_rows), -1).cpu().numpy(), strict=True):
+                out["cam_other"][ok[j]] = m.astype(np.float32).tobytes()
+        for key, e in emb.items():  # float16 bytes per row, None where the pool is undefined
+            e_np = e.to(torch.float16).cpu().numpy()
+            bad = np.isnan(e_np).any(axis=1)
+            for j, i in enumerate(ok):
+                out[key][i] = None if bad[j] else e_np[j].tobytes()
         for key, (p, s) in cf.items():
             p_np, s_np = p.cpu().numpy(), s.float().cpu().numpy()
             for j, i in enumerate(ok):
                 if p_np[j] >= 0:
                     out[f"cf_{key}_pred"][i] = self.classes[p_np[j]]
                     out[f"cf_{key}_score"][i] = s_np[j]
-                    if key != "fill":
+                    if key in ("rand", "same"):
                         out[f"cf_{key}_donor"][i] = batch[f"cf_{key}_id"][i]
 
-    def _counterfactuals(
-        self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor, t: torch.Tensor,
-        has_target: torch.Tensor, tgt: torch.Tensor,
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Object kept, background replaced: neutral fill, another class's (Mixed-Rand), same class's (Mixed-Same).
+    def _fine_columns(self, out: dict[str, np.ndarray], ok: np.ndarray, names: list[list[str]],
+                      has_target: np.ndarray, layer: str, maps: torch.Tensor, fm: Any) -> None:
+        """The ``fine_*`` columns: the finer layer's map and its mass metrics (same masks)."""
+        n, fh, fw = maps.shape
+        cam_np = maps.float().reshape(n, -1).cpu().numpy()
+        cpu = {k: getattr(fm, k).detach().float().cpu().numpy() for k in
+               ("object_share", "object_cells", "background_share", "pointing_hit", "other_shares")}
+        out["fine_cam_h"][ok], out["fine_cam_w"][ok] = fh, fw
+        for key in ("object_share", "object_cells", "background_share", "pointing_hit"):
+            out[f"fine_{key}"][ok] = cpu[key]
+        for j, i in enumerate(ok):
+            out["fine_layer"][i] = layer
+            out["fine_cam"][i] = cam_np[j].astype(np.float32).tobytes()
+            others_j = names[j][1:] if has_target[j] else names[j]
+            out["fine_other_shares"][i] = json.dumps({c: _f(cpu["other_shares"][j, q]) for q, c in enumerate(others_j)})
 
-        Returns per kind (pred index or -1 where not applicable, target probability).
+    def _other_maps(self, x: torch.Tensor, wrong: torch.Tensor,
+                    other: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Where the prediction is none of the label's classes: the map of whichever of the two the CAM
+        did not explain (``other``: the label's best class under ``target: predicted``, the prediction
+        under ``target: label``).
+
+        Returns (row positions within the batch's scored rows, their maps ``(k, h, w)``, or None).
+        """
+        rows = torch.nonzero(wrong).squeeze(1)
+        if rows.numel() == 0:
+            return np.zeros(0, np.int64), None
+        return rows.cpu().numpy(), self.cam(x[rows], targets=other[rows]).maps.float()
+    def _embeddings(self, res: Any, maps: torch.Tensor, target_mask: torch.Tensor,
+                    has_target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The CAM layer's pooled, off-object and on-object embeddings (:mod:`workers.embed`), from the
+        activations the engine already holds: no extra forward."""
+        if res.activations is None:
+            raise RuntimeError(f"CAM method {self.opts.cam!r} returns no activations; set embedding.enabled: false")
+        c = int(res.activations.shape[1])
+        if c not in self._projections:
+            p = projection(c, self.opts.embedding_dim, self.opts.embedding_seed)
+            self._projections[c] = None if p is None else p.to(self.device)
+        return embed(res.activations, maps, target_mask, has_target, self._projections[c]).columns()
+
+    def _counterfactuals(self, batch: dict[str, Any], ok: np.ndarray, pixels: torch.Tensor, t: torch.Tensor,
+                         has_target: np.ndarray, tgt: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Predictions on the counterfactual images the prepare stage planned (see :mod:`workers.prepare`).
+
+        Object kept, background replaced (Xiao et al. 2020): by a neutral fill, by another class's
+        background (Mixed-Rand), by a same-class one (Mixed-Same). Context ablation: the other
+        annotated objects removed (``ctx``), or same-size patches of plain background (``ctrl``), by
+        applying the prepared fill maps as one gather. Returns per kind (pred index, -1 where not
+        applicable; target probability, NaN there); only the applicable rows are forwarded.
         """
         x = pixels.permute(0, 3, 1, 2).float()
         keep = t.unsqueeze(1)
-        variants = {"fill": (keep * x + (1 - keep) * self.fill255, has_target)}
+
+        def host(column: str, rows: np.ndarray) -> torch.Tensor:
+            return self._to_device(np.asarray(batch[column])[ok[rows]])
+
+        def over(bg: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            return keep[r] * x[r] + (1 - keep[r]) * bg
+
+        plans = {"fill": (has_target, lambda rows, r: over(self.fill255, r))}
         for kind in ("rand", "same"):
-            bg = self._to_device(np.asarray(batch[f"cf_{kind}_bg"])[ok]).permute(0, 3, 1, 2).float()
-            okk = torch.as_tensor(np.asarray(batch[f"cf_{kind}_ok"], dtype=bool)[ok], device=self.device) & has_target
-            variants[kind] = (keep * x + (1 - keep) * bg, okk)
+            if f"cf_{kind}_bg" in batch:
+                plans[kind] = (np.asarray(batch[f"cf_{kind}_ok"], dtype=bool)[ok] & has_target,
+                               lambda rows, r, k=kind: over(host(f"cf_{k}_bg", rows).permute(0, 3, 1, 2).float(), r))
+        for kind in ("ctx", "ctrl"):
+            if f"cf_{kind}_index" in batch:
+                plans[kind] = (np.asarray(batch[f"cf_{kind}_ok"], dtype=bool)[ok],
+                               lambda rows, r, k=kind: fill_by_index(x[r], host(f"cf_{k}_index", rows)))
         result = {}
-        for kind, (img, valid) in variants.items():
-            xn = (img - self.mean255) / self.std255
-            if self.device.type == "cuda":
-                xn = xn.contiguous(memory_format=torch.channels_last)
-            probs = self._predict(xn)
-            pred = torch.where(valid, probs.argmax(1), torch.full_like(tgt, -1))
-            score = probs.gather(1, tgt.view(-1, 1)).squeeze(1)
+        for kind, (valid, build) in plans.items():
+            pred = torch.full_like(tgt, -1)
+            score = torch.full(tgt.shape, float("nan"), device=self.device)
+            rows = np.flatnonzero(valid)
+            if len(rows):
+                r = torch.as_tensor(rows, device=self.device)
+                xn = (build(rows, r) - self.mean255) / self.std255
+                if self.device.type == "cuda":
+                    xn = xn.contiguous(memory_format=torch.channels_last)
+                probs = self._predict(xn)
+                pred[r] = probs.argmax(1)
+                score[r] = probs.gather(1, tgt[r].view(-1, 1)).squeeze(1)
             result[kind] = (pred, score)
         return result
 
 
+def fill_by_index(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Apply fill maps of :func:`common.counterfactual.fill_index` on the device: ``x`` (N, C, H, W),
+    ``index`` (N, H, W) int (-1 keeps the pixel, else the flat source pixel ``y * W + x``)."""
+    n, c, h, w = x.shape
+    flat = x.reshape(n, c, h * w)
+    idx = index.reshape(n, 1, h * w).long()
+    filled = flat.gather(2, idx.clamp(min=0).expand(n, c, h * w))
+    return torch.where(idx >= 0, filled, flat).reshape(n, c, h, w)
+
+
 def _f(v: float) -> float | None:
     return None if not np.isfinite(v) else round(float(v), 6)
+
+
+_PASSED = ("image_id", "path", "dataset_root", "label", "objects", "attributes", "error", "error_kind")
 
 
 def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -350,6 +495,7 @@ def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
     out: dict[str, Any] = {
         "image_id": np.asarray(batch["image_id"], dtype=object),
         "path": np.asarray(batch["path"], dtype=object),
+        "dataset_root": np.asarray(batch.get("dataset_root", [None] * n), dtype=object),
         "label": np.asarray(batch["label"], dtype=object),
         "annotations": np.asarray(batch.get("objects", [None] * n), dtype=object),
         "attributes": np.asarray(batch.get("attributes", [None] * n), dtype=object),
@@ -360,16 +506,21 @@ def _empty_columns(n: int, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         "other_shares": obj(), "other_areas": obj(),
         "pred_score": nan(), "target_score": nan(), "correct": nan(), "pointing_hit": nan(),
         "object_share": nan(), "object_area": nan(), "object_cells": nan(), "background_share": nan(),
-        "cam": obj(), "cam_h": np.zeros(n, np.int16), "cam_w": np.zeros(n, np.int16),
+        "cam": obj(), "cam_other": obj(), "cam_h": np.zeros(n, np.int16), "cam_w": np.zeros(n, np.int16),
         "input_h": np.zeros(n, np.int16), "input_w": np.zeros(n, np.int16),
         "image_w": neg(), "image_h": neg(),
         "view_box": np.full((n, 4), np.nan, np.float32), "bg_color": np.full((n, 3), np.nan, np.float32),
         "scored_at": np.zeros(n, np.int64),
     }
-    for kind in ("fill", "rand", "same"):
+    for kind in ("fill", "rand", "same", "ctx", "ctrl"):
         out[f"cf_{kind}_pred"] = obj()
         out[f"cf_{kind}_score"] = nan()
     out["cf_rand_donor"], out["cf_same_donor"] = obj(), obj()
+    out.update(fine_layer=obj(), fine_cam=obj(), fine_other_shares=obj(), fine_cam_h=np.zeros(n, np.int16),
+               fine_cam_w=np.zeros(n, np.int16), fine_object_share=nan(), fine_object_cells=nan(),
+               fine_background_share=nan(), fine_pointing_hit=nan())
+    for key in EMBEDDING_COLUMNS:
+        out[key] = obj()
     # Normalise error strings: Ray may hand NaN/"" for missing values.
     for key in ("error", "error_kind"):
         out[key] = np.array([v if isinstance(v, str) and v else None for v in out[key]], dtype=object)

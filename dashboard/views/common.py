@@ -10,15 +10,16 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from dashboard.images import Figure, figure
+from dashboard.images import COLORMAPS, DEFAULT_ALPHA, Figure, OverlayStyle, figure
 from pipeline.gate import Verdict
 from pipeline.schema import RunRecord
+from pipeline.triage import TITLES
 
 STATUS_BG = {"PASS": "#d1f2d9", "WARN": "#fff0c2", "FAIL": "#f9c9cc", "ERROR": "#f0c2f0", "SKIP": "#e8e8e8",
              "INFO": "#d6ecfa"}
 STATUS_MD = {"PASS": "green", "WARN": "orange", "FAIL": "red", "ERROR": "violet", "SKIP": "gray"}
 
-PAGES = ("Overview", "Model", "Image explorer", "Compare")
+PAGES = ("Overview", "Model", "Image explorer", "Compare", "Review", "Slices")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Ctx:
     verdict: Verdict | None = None
     problem: str | None = None  # why there is no verdict (no parts yet, unreadable policy, ...)
     roots: list[str] = field(default_factory=list)
+    mask_roots: list[str] = field(default_factory=list)  # folders of the mask files the runs read
 
     @property
     def models(self) -> list[str]:
@@ -72,18 +74,33 @@ def model_picker(ctx: Ctx, key: str, label: str = "Model", default: str | None =
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def _figure(root: str, ver: str, model: str, key: data.Key, max_side: int, roots: tuple[str, ...],
-            _row: dict[str, Any]) -> Figure:
-    return figure(_row, list(roots), max_side)
+            mask_roots: tuple[str, ...], style: OverlayStyle, _row: dict[str, Any]) -> Figure:
+    return figure(_row, list(roots), max_side, list(mask_roots), style)
+
+
+def overlay_controls() -> None:
+    """The sidebar's colormap and opacity for every page that draws maps (created once per rerun)."""
+    st.sidebar.radio("CAM colormap", COLORMAPS, key="overlay_cmap", horizontal=True,
+                     help="Perceptually uniform: equal steps in the map look like equal steps.")
+    st.sidebar.slider("CAM opacity", 0.0, 1.0, DEFAULT_ALPHA, 0.05, key="overlay_alpha")
+
+
+def overlay_style() -> OverlayStyle:
+    cmap = st.session_state.get("overlay_cmap", COLORMAPS[0])
+    return OverlayStyle(cmap if cmap in COLORMAPS else COLORMAPS[0],
+                        float(st.session_state.get("overlay_alpha", DEFAULT_ALPHA)))
 
 
 def figures(ctx: Ctx, model: str, rows: pd.DataFrame, max_side: int) -> list[Figure | None]:
     """The figures of the frame ``rows`` (one Parquet scan for all of them; CAMs of these rows only)."""
     keys = [data.row_key(r) for _, r in rows.iterrows()]
     details = data.cached_details(ctx.root, ctx.ver, model, tuple(keys))
+    style = overlay_style()
     out: list[Figure | None] = []
     for k in keys:
         row = details.get(k[0])
-        fig = None if row is None else _figure(ctx.root, ctx.ver, model, k, max_side, tuple(ctx.roots), row)
+        fig = None if row is None else _figure(ctx.root, ctx.ver, model, k, max_side, tuple(ctx.roots),
+                                               tuple(ctx.mask_roots), style, row)
         out.append(fig)
     return out
 
@@ -94,9 +111,8 @@ def show_figure(fig: Figure | None, caption: str, large: bool = False) -> None:
         st.warning(f"{caption}: the stored row was not found (results changed? reload)")
         return
     if large:
-        cols = st.columns(3)
-        for col, img, title in zip(cols, (fig.original, fig.outlined, fig.overlay),
-                                   ("original", "object outline", "Grad-CAM overlay"), strict=True):
+        panels = fig.panels()
+        for col, (img, title) in zip(st.columns(len(panels)), panels, strict=True):
             col.image(img, caption=title, width="stretch")
         st.caption(caption)
     else:
@@ -107,7 +123,7 @@ def show_figure(fig: Figure | None, caption: str, large: bool = False) -> None:
         st.caption(f"note: {note}")
 
 
-def fmt_row_caption(r: pd.Series) -> str:
+def fmt_row_caption(r: pd.Series, mark: str | None = None) -> str:
     ok = r.get("correct", float("nan"))
     right = "✓" if ok > 0.5 else "✗" if ok < 0.5 else "?"
     share = r.get("object_share")
@@ -115,4 +131,5 @@ def fmt_row_caption(r: pd.Series) -> str:
     score = r.get("pred_score")
     score_s = "-" if pd.isna(score) else f"{score:.2f}"
     head = f"{r['image_id']} · {r.get('label')} → {r.get('pred')} ({score_s}) {right}"
-    return f"{head} · object share {share_s}"
+    tail = f" · review: {TITLES.get(mark, mark)}" if mark else ""
+    return f"{head} · object share {share_s}{tail}"

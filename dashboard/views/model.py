@@ -8,6 +8,8 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.views.common import Ctx, badge, model_picker, style_status
+from dashboard.views.review import finding_review_form
+from pipeline.triage import TITLES, mark_state
 
 
 def render(ctx: Ctx) -> None:
@@ -45,20 +47,33 @@ def _classes(mv) -> None:
 
 def _checks(ctx: Ctx, mv) -> None:
     st.subheader("Checks")
+    dec = data.decisions(ctx.root)
+    fp = data.cached_fingerprints(ctx.root, ctx.ver).get(mv.model, "")
     for r in mv.checks:
         with st.expander(f"{r.status} · {r.title}", expanded=r.status in ("FAIL", "ERROR")):
             st.markdown(f"{badge(r.status)} `{r.check}`: {r.message or '-'}")
             st.caption(f"statistic {r.statistic}; flags when {r.direction} warn {r.warn:g} / fail {r.fail:g} "
                        f"(whole CI beyond); severity {r.severity}")
+            state = mark_state(dec, mv.model, fp, kind="finding")
             if r.findings:
                 f = pd.DataFrame([{"scope": x.scope, "statistic": x.statistic, "estimate": x.estimate.fmt(),
-                                   "status": x.status, "note": x.note} for x in r.findings])
+                                   "status": x.status, "review": _review_of(state, f"{r.check}/{x.scope}"),
+                                   "note": x.note} for x in r.findings])
                 st.dataframe(style_status(f, ["status"]), hide_index=True, width="stretch")
+            if fp:
+                finding_review_form(ctx, mv.model, fp, r, state)
             ids = data.check_images([r]).get(r.check, [])
             if ids:
                 st.markdown("Example images: " + ", ".join(f"`{x}`" for x in ids[:12]))
                 st.button("Show these images in the explorer", key=f"goto_{r.check}", on_click=_goto_explorer,
                           args=(mv.model, r.check))
+
+
+def _review_of(state: pd.DataFrame | None, subject: str) -> str:
+    if state is None or subject not in state.index:
+        return ""
+    d = state.loc[subject, "decision"]
+    return TITLES[d] if isinstance(d, str) else ""
 
 
 def _goto_explorer(model: str, check: str) -> None:

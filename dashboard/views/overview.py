@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.views.common import Ctx, badge, style_status
+from pipeline.triage import summarise
 
 
 def render(ctx: Ctx) -> None:
@@ -16,6 +17,7 @@ def render(ctx: Ctx) -> None:
     if ctx.verdict is None:
         return
     _verdicts(ctx)
+    _review(ctx)
     _headlines(ctx)
     _errors(ctx)
     _trend(ctx)
@@ -63,6 +65,19 @@ def _verdicts(ctx: Ctx) -> None:
             if r.status in ("FAIL", "WARN", "ERROR"):
                 (st.error if r.status in ("FAIL", "ERROR") else st.warning)(
                     f"{m.model} · {r.title} ({r.check}) {r.status}: {r.message}")
+
+
+def _review(ctx: Ctx) -> None:
+    dec = data.decisions(ctx.root)
+    if dec.empty:
+        return
+    st.subheader("Review")
+    fps = data.cached_fingerprints(ctx.root, ctx.ver)
+    for m, r in summarise(dec, fps).items():
+        if not r.empty:
+            st.markdown(f"**{m}**: {r.sentence()}.")
+    st.caption("Decisions by reviewers (the Review page lists them), counted for each model's current "
+               "fingerprint; those made before the model changed are counted apart.")
 
 
 def _headlines(ctx: Ctx) -> None:

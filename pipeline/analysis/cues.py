@@ -27,15 +27,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.analysis.stats import NAN, Estimate, diff_ci, mean_ci, paired_diff_ci
+from pipeline.analysis.ablation import ABLATION_COLUMNS, ContextAblationEvidence, context_ablation
+from pipeline.analysis.stats import (
+    NAN,
+    Estimate,
+    diff_ci,
+    mean_ci,
+    paired_diff_ci,
+    paired_rate_diff_ci,
+    rate_ci,
+    rate_diff_ci,
+    rate_diff_from_counts,
+    rate_from_counts,
+)
 
 
 @dataclass(frozen=True)
 class StatOptions:
+    """How estimates are made: rates get score intervals, continuous statistics the bootstrap.
+
+    ``min_support``: images a co-occurring category must appear in before it can signal a class.
+    (The floor of images below which a finding is not judged is the policy's: judging.Condition.)
+    """
+
     conf: float = 0.95
     n_boot: int = 1000
     seed: int = 0
-    min_n: int = 20
+    min_support: int = 20
     examples: int = 8
 
     def mean(self, x: Any) -> Estimate:
@@ -46,6 +64,18 @@ class StatOptions:
 
     def paired(self, a: Any, b: Any) -> Estimate:
         return paired_diff_ci(a, b, self.conf, self.n_boot, self.seed)
+
+    def rate(self, x: Any) -> Estimate:
+        """A rate of 0/1 values with its Wilson interval."""
+        return rate_ci(x, self.conf)
+
+    def rate_diff(self, a: Any, b: Any) -> Estimate:
+        """rate(a) - rate(b), independent groups, Newcombe's interval."""
+        return rate_diff_ci(a, b, self.conf)
+
+    def paired_rate_diff(self, a: Any, b: Any) -> Estimate:
+        """rate(a) - rate(b) on the same images, Newcombe's paired interval."""
+        return paired_rate_diff_ci(a, b, self.conf)
 
 
 def _examples(df: pd.DataFrame, order: str | None, k: int, ascending: bool = True) -> list[str]:
@@ -229,10 +259,10 @@ def background_colour(df: pd.DataFrame, so: StatOptions) -> BgColourEvidence:
         null95=colour_null(colors, labels, seed=so.seed),
         n_aligned=int(aligned.sum()),
         n_conflicting=int(conf.sum()),
-        acc_aligned=so.mean(right[aligned].astype(float)),
-        acc_conflicting=so.mean(right[conf].astype(float)),
-        gap=so.diff(right[aligned].astype(float), right[conf].astype(float)),
-        follow_rate=so.mean((d.pred.to_numpy(dtype=object)[conf] == cue[conf]).astype(float)),
+        acc_aligned=so.rate(right[aligned].astype(float)),
+        acc_conflicting=so.rate(right[conf].astype(float)),
+        gap=so.rate_diff(right[aligned].astype(float), right[conf].astype(float)),
+        follow_rate=so.rate((d.pred.to_numpy(dtype=object)[conf] == cue[conf]).astype(float)),
         bg_share_gap=so.diff(bshare[conf & ~right], bshare[conf & right]),
         centroids={c: [float(v * 255) for v in cent[k]] for k, c in enumerate(classes)},
         examples=_examples(wrong_conf, "pred_score", so.examples, ascending=False),
@@ -265,8 +295,9 @@ class CooccurrenceEvidence:
     acc_conflicting: Estimate = NAN
     gap: Estimate = NAN
     cue_mass: Estimate = NAN  # mass on the associated category, aligned images (the keyboard of the mouse)
-    cue_lift: Estimate = NAN
+    cue_lift: Estimate = NAN  # chance-corrected: (mass - area) / (1 - area), judged by cooccurrence_cue
     examples: list[str] = field(default_factory=list)
+    context: ContextAblationEvidence = field(default_factory=ContextAblationEvidence)  # on aligned images
 
 
 def associations(df: pd.DataFrame, min_n: int, min_lift: float = 0.2) -> dict[str, str]:
@@ -297,7 +328,8 @@ def _associations(label: pd.Series, rows: np.ndarray, cats: list[Any], min_n: in
 
 
 def cooccurrence(df: pd.DataFrame, so: StatOptions) -> CooccurrenceEvidence:
-    cols = ("label", "correct", "pred_score", "image_id", "other_areas", "other_shares")
+    cols = tuple(dict.fromkeys(("label", "correct", "pred_score", "image_id", "other_areas", "other_shares",
+                                *ABLATION_COLUMNS)))
     d = _narrow(df, df.scored & df.label.notna(), cols)
     if d.empty:
         return CooccurrenceEvidence()
@@ -326,7 +358,7 @@ def cooccurrence(df: pd.DataFrame, so: StatOptions) -> CooccurrenceEvidence:
             pairs.append(CooccurrencePair(str(lab), cat, len(sel), len(sel) / int(size), so.mean(mass),
                                           float(np.nanmean(area)) if np.isfinite(area).any() else float("nan"),
                                           so.mean(lift)))
-    assoc = _associations(d.label, rows, cats, so.min_n, 0.2)
+    assoc = _associations(d.label, rows, cats, so.min_support, 0.2)
     ev = CooccurrenceEvidence(pairs=pairs, associations=assoc)
     if not assoc:
         return ev
@@ -350,32 +382,46 @@ def cooccurrence(df: pd.DataFrame, so: StatOptions) -> CooccurrenceEvidence:
         own_lift = np.where(aligned & (a < 1), (m - a) / (1 - a), np.nan)
     right = d.correct.to_numpy(dtype=float)
     ev.n_aligned, ev.n_conflicting = int(aligned.sum()), int(conflicting.sum())
-    ev.acc_aligned = so.mean(right[aligned])
-    ev.acc_conflicting = so.mean(right[conflicting])
-    ev.gap = so.diff(right[aligned], right[conflicting])
+    ev.acc_aligned = so.rate(right[aligned])
+    ev.acc_conflicting = so.rate(right[conflicting])
+    ev.gap = so.rate_diff(right[aligned], right[conflicting])
     ev.cue_mass = so.mean(own_mass[aligned])
     ev.cue_lift = so.mean(own_lift[aligned])
     ev.examples = _examples(d[conflicting & (right < 0.5)], "pred_score", so.examples, ascending=False)
+    ev.context = context_ablation(d, aligned, so)
     return ev
 
 
 # ---------------------------------------------------------------------------------------------
-# Attributes (worst-group accuracy)
+# Attributes (worst-group accuracy within each label)
+
+
+@dataclass
+class AttributeGroup:
+    """The images of one label with one value of an attribute, against the label's other values."""
+
+    label: str
+    value: str
+    n: int
+    accuracy: Estimate = NAN  # of (label, value)
+    rest: Estimate = NAN  # of the label's images with another value
+    gap: Estimate = NAN  # rest - accuracy: how much worse this value does within its own label
+    examples: list[str] = field(default_factory=list)  # its misclassified images, most confident first
 
 
 @dataclass
 class AttributeGap:
     attribute: str
-    groups: list[dict[str, Any]]  # label, value, n, accuracy
-    worst: dict[str, Any] | None
-    worst_acc: Estimate = NAN
-    gap: Estimate = NAN  # accuracy of the rest minus the worst group's
-    examples: list[str] = field(default_factory=list)
+    groups: list[AttributeGroup]
 
 
 def attribute_gaps(df: pd.DataFrame, so: StatOptions, attributes: list[str] | None = None,
                    max_values: int = 20) -> list[AttributeGap]:
-    d = _narrow(df, df.scored & df.correct.notna(), ("label", "correct", "pred_score", "image_id", "attributes"))
+    """Per attribute with 2..max_values values: every (label, value) group's accuracy against the
+    same label's other values (Newcombe interval). Comparing within the label keeps a class that is
+    merely harder out: its values all do alike, so its gaps are near 0."""
+    d = _narrow(df, df.scored & df.correct.notna() & df.label.notna(),
+                ("label", "correct", "pred_score", "image_id", "attributes"))
     if d.empty:
         return []
     cells = d.attributes.to_numpy()
@@ -388,21 +434,22 @@ def attribute_gaps(df: pd.DataFrame, so: StatOptions, attributes: list[str] | No
         if vals[has].nunique() < 2 or vals[has].nunique() > max_values:
             continue
         sub = base[has].assign(_v=vals[has])
+        counts = sub.groupby(["label", "_v"]).correct.agg(["size", "sum"])  # sorted by (label, value)
+        per_label = counts.groupby(level=0).sum()
+        rest = per_label.reindex(counts.index.get_level_values(0)).to_numpy() - counts.to_numpy()
+        wrong = sub[sub.correct < 0.5]
+        wrong_by = dict(list(wrong.groupby(["label", "_v"])))
         groups = []
-        for (lab, v), g in sub.groupby(["label", "_v"]).correct:  # one column per group, not the frame
-            groups.append({"label": str(lab), "value": str(v), "n": len(g), "accuracy": float(g.mean())})
-        big = [g for g in groups if g["n"] >= so.min_n]
-        if not big:
-            out.append(AttributeGap(key, groups, None))
-            continue
-        worst = min(big, key=lambda g: g["accuracy"])
-        in_worst = (sub.label == worst["label"]) & (sub._v == worst["value"])
-        out.append(AttributeGap(
-            attribute=key, groups=groups, worst=worst,
-            worst_acc=so.mean(sub.correct[in_worst]),
-            gap=so.diff(sub.correct[~in_worst], sub.correct[in_worst]),
-            examples=_examples(sub[in_worst & (sub.correct < 0.5)], "pred_score", so.examples, ascending=False),
-        ))
+        for ((lab, v), (n, k)), (n_rest, k_rest) in zip(counts.iterrows(), rest, strict=True):
+            n, k, n_rest, k_rest = int(n), int(k), int(n_rest), int(k_rest)
+            groups.append(AttributeGroup(
+                label=str(lab), value=str(v), n=n,
+                accuracy=rate_from_counts(k, n, so.conf), rest=rate_from_counts(k_rest, n_rest, so.conf),
+                gap=rate_diff_from_counts(k_rest, n_rest, k, n, so.conf),
+                examples=_examples(wrong_by.get((lab, v), wrong.iloc[:0]), "pred_score", so.examples,
+                                   ascending=False),
+            ))
+        out.append(AttributeGap(key, groups))
     return out
 
 
@@ -438,22 +485,22 @@ def counterfactual(df: pd.DataFrame, so: StatOptions) -> CounterfactualEvidence:
     flip = {k: _differs(d[f"cf_{k}_pred"], d.pred).astype(float) for k in ("fill", "rand", "same")}
     flip["fill"][d.cf_fill_pred.isna().to_numpy()] = np.nan
     labelled = d.label.notna().to_numpy()
-    ev = CounterfactualEvidence(n=len(d), flip_fill=so.mean(flip["fill"]), flip_rand=so.mean(flip["rand"]),
-                                flip_same=so.mean(flip["same"]))
+    ev = CounterfactualEvidence(n=len(d), flip_fill=so.rate(flip["fill"]), flip_rand=so.rate(flip["rand"]),
+                                flip_same=so.rate(flip["same"]))
     ev.drop_rand = so.mean(d.target_score - d.cf_rand_score)
     ev.drop_same = so.mean(d.target_score - d.cf_same_score)
     if labelled.mean() > 0.5:
         acc = {k: (~_differs(d[f"cf_{k}_pred"], d.label)).astype(float) for k in ("fill", "rand", "same")}
-        ev.acc_original = so.mean(d.correct)
-        ev.acc_fill, ev.acc_rand, ev.acc_same = so.mean(acc["fill"]), so.mean(acc["rand"]), so.mean(acc["same"])
-        ev.bg_gap = so.paired(acc["same"][labelled], acc["rand"][labelled])
+        ev.acc_original = so.rate(d.correct)
+        ev.acc_fill, ev.acc_rand, ev.acc_same = so.rate(acc["fill"]), so.rate(acc["rand"]), so.rate(acc["same"])
+        ev.bg_gap = so.paired_rate_diff(acc["same"][labelled], acc["rand"][labelled])
         codes, uniques = pd.factorize(d.label)  # one hash pass instead of an object comparison per class
         uniques = list(uniques)
         for c in sorted(uniques):  # the labels present, as sorted(set(labels))
             m = codes == uniques.index(c)
-            ev.by_class[str(c)] = so.paired(acc["same"][m], acc["rand"][m])
+            ev.by_class[str(c)] = so.paired_rate_diff(acc["same"][m], acc["rand"][m])
     else:
-        ev.bg_gap = so.paired(flip["rand"], flip["same"])
+        ev.bg_gap = so.paired_rate_diff(flip["rand"], flip["same"])
     bad = d[(flip["rand"] > 0.5) & (flip["same"] < 0.5)]
     ev.examples = _examples(bad, "pred_score", so.examples, ascending=False)
     return ev

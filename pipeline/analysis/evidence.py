@@ -1,7 +1,7 @@
 """Per-model and per-class evidence: object mass, chance-corrected score, pointing, cues.
 
-Everything is computed from the Parquet facts (no CAM is recomputed), with bootstrap CIs and sample
-counts. ``analyse`` returns one :class:`ModelEvidence` per model; checks, report and dashboard all
+Everything is computed from the Parquet facts (no CAM is recomputed), with sample counts and CIs
+(Wilson score intervals for rates, the bootstrap for continuous statistics: :mod:`.stats`). ``analyse`` returns one :class:`ModelEvidence` per model; checks, report and dashboard all
 read from it.
 """
 
@@ -25,6 +25,8 @@ from pipeline.analysis.cues import (
     cooccurrence,
     counterfactual,
 )
+from pipeline.analysis.resolution import FineEvidence, fine_evidence
+from pipeline.analysis.slices import SliceEvidence
 from pipeline.analysis.stats import NAN, Estimate, median_ci
 
 ALL = "(all)"
@@ -65,6 +67,8 @@ class ModelEvidence:
     counterfactual: CounterfactualEvidence
     attributes: list[AttributeGap]
     run_ids: list[str] = field(default_factory=list)
+    fine: FineEvidence | None = None  # saliency at the finer layer audited beside a coarse one
+    slices: SliceEvidence = field(default_factory=SliceEvidence)  # filled by the gate from the embeddings
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -99,13 +103,13 @@ def group_stats(key: str, d: pd.DataFrame, so: StatOptions) -> GroupStats:
         key=key,
         n=len(d),
         scored=len(ok),
-        accuracy=so.mean(ok.correct),
+        accuracy=so.rate(ok.correct),
         object_share=so.mean(ok.object_share),
         object_share_median=median_ci(ok.object_share, so.conf, so.n_boot, so.seed),
         object_area=so.mean(ok.object_area),
         object_lift=so.mean(ok.object_lift),
-        pointing=so.mean(ok.pointing_hit),
-        off_object=so.mean(off),
+        pointing=so.rate(ok.pointing_hit),
+        off_object=so.rate(off),
         background_share=so.mean(ok.background_share),
         worst=[str(x) for x in ok[ok.object_share.notna()].nsmallest(so.examples, "object_share").image_id],
     )
@@ -143,6 +147,7 @@ def model_evidence(model: str, d: pd.DataFrame, so: StatOptions, attributes: lis
         counterfactual=cf,
         attributes=attribute_gaps(d, so, attributes),
         run_ids=sorted(d.run_id.dropna().unique().tolist()),
+        fine=fine_evidence(d, so, group_stats, cooccurrence, ALL),
     )
 
 

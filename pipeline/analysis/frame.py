@@ -23,7 +23,9 @@ ANALYSIS_COLUMNS = (
     "pred_score", "target_score", "correct", "feature_layer", "cam_h", "cam_w", "object_share", "object_area",
     "object_cells", "pointing_hit", "background_share", "other_shares", "other_areas", "bg_color", "metric_note",
     "cf_fill_pred", "cf_fill_score", "cf_rand_pred", "cf_rand_score", "cf_rand_donor", "cf_same_pred",
-    "cf_same_score", "cf_same_donor", "attributes", "error", "error_kind", "scored_at",
+    "cf_same_score", "cf_same_donor", "cf_ctx_pred", "cf_ctx_score", "cf_ctrl_pred", "cf_ctrl_score", "attributes",
+    "error", "error_kind", "scored_at", "fine_layer", "fine_cam_h", "fine_cam_w", "fine_object_share",
+    "fine_object_cells", "fine_background_share", "fine_other_shares", "fine_pointing_hit",
 )  # fmt: skip
 
 
@@ -36,10 +38,11 @@ def object_lift(share: pd.Series | np.ndarray, area: pd.Series | np.ndarray) -> 
     return lift
 
 
-MAP_COLUMNS = ("other_shares", "other_areas", "attributes")
-_BOOL_COLUMNS = ("correct", "pointing_hit")
+MAP_COLUMNS = ("other_shares", "other_areas", "attributes", "fine_other_shares")
+_BOOL_COLUMNS = ("correct", "pointing_hit", "fine_pointing_hit")
 _FLOAT_COLUMNS = ("object_share", "object_area", "object_cells", "background_share", "pred_score", "target_score",
-                  "cf_fill_score", "cf_rand_score", "cf_same_score")
+                  "cf_fill_score", "cf_rand_score", "cf_same_score", "cf_ctx_score", "cf_ctrl_score",
+                  "fine_object_share", "fine_object_cells", "fine_background_share")
 
 
 def prepare_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -60,6 +63,8 @@ def _prepare(df: pd.DataFrame, dicts_done: Sequence[str] = ()) -> pd.DataFrame:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     if "object_share" in df and "object_area" in df:
         df["object_lift"] = object_lift(df["object_share"], df["object_area"])
+    if "fine_object_share" in df and "object_area" in df:  # the finer map shares the masks: same area
+        df["fine_object_lift"] = object_lift(df["fine_object_share"], df["object_area"])
     if "error" in df:
         df["scored"] = df["error"].isna()
     return df

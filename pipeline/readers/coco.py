@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from pipeline.readers.base import ManifestRow, Reader, ReaderError, pick_label, register
 from common.annotations import AnnotationError, ObjectAnn
+from common.storage import AnyPath
+from pipeline.readers.base import ManifestRow, Reader, ReaderError, pick_label, register
 
 
 def coco_object(ann: dict[str, Any], category: str) -> ObjectAnn:
@@ -38,7 +38,7 @@ class CocoReader(Reader):
     format = "coco"
 
     @property
-    def root(self) -> Path:
+    def root(self) -> AnyPath:
         return self.path(self.cfg.images)
 
     def describe(self) -> str:

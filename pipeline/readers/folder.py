@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
-from pipeline.readers.base import ManifestRow, Reader, ReaderError, register
 from common.annotations import ObjectAnn
+from common.storage import AnyPath
+from pipeline.readers.base import ManifestRow, Reader, ReaderError, register
 
 
 @register
@@ -20,7 +20,7 @@ class FolderReader(Reader):
     format = "folder"
 
     @property
-    def root(self) -> Path:
+    def root(self) -> AnyPath:
         return self.path(self.cfg.root)
 
     def describe(self) -> str:

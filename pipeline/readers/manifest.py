@@ -9,18 +9,19 @@ analysis.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.readers.base import ManifestRow, Reader, ReaderError, register
 from common.annotations import AnnotationError, ObjectAnn, loads
+from common.storage import AnyPath, resolve
+from pipeline.readers.base import ManifestRow, Reader, ReaderError, register
 
 REQUIRED = ("image",)
 KNOWN = ("image", "label", "mask", "bbox", "objects", "attributes", "image_id")
@@ -46,11 +47,11 @@ class ManifestReader(Reader):
     format = "manifest"
 
     @property
-    def file(self) -> Path:
+    def file(self) -> AnyPath:
         return self.path(self.cfg.path)
 
     @property
-    def root(self) -> Path:
+    def root(self) -> AnyPath:
         return self.path(self.cfg.root) if self.cfg.root else self.file.parent
 
     def describe(self) -> str:
@@ -60,15 +61,17 @@ class ManifestReader(Reader):
         p = self.file
         if not p.is_file():
             raise ReaderError(f"manifest {str(p)!r} does not exist")
+        suffix = p.suffix.lower()
+        if suffix not in (".parquet", ".csv", ".tsv"):
+            raise ReaderError(f"manifest {str(p)!r}: expected a .csv, .tsv or .parquet file")
         try:
-            if p.suffix.lower() == ".parquet":
-                t = pq.read_table(p)
-            elif p.suffix.lower() in (".csv", ".tsv"):
-                opts = pacsv.ParseOptions(delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
-                conv = pacsv.ConvertOptions(column_types={k: pa.string() for k in KNOWN})
-                t = pacsv.read_csv(p, parse_options=opts, convert_options=conv)
+            data = io.BytesIO(p.read_bytes())
+            if suffix == ".parquet":
+                t = pq.read_table(data)
             else:
-                raise ReaderError(f"manifest {str(p)!r}: expected a .csv, .tsv or .parquet file")
+                opts = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+                conv = pacsv.ConvertOptions(column_types={k: pa.string() for k in KNOWN})
+                t = pacsv.read_csv(data, parse_options=opts, convert_options=conv)
         except (pa.ArrowInvalid, OSError) as e:
             raise ReaderError(f"manifest {str(p)!r} cannot be read: {e}") from None
         missing = [c for c in REQUIRED if c not in t.column_names]
@@ -85,8 +88,7 @@ class ManifestReader(Reader):
             if _blank(image):
                 yield ManifestRow(image_id=f"row-{i}", path="", error=f"{where}: empty image path")
                 continue
-            path = Path(str(image)).expanduser()
-            path = path if path.is_absolute() else root / path
+            path = resolve(root, str(image))
             image_id = str(r["image_id"]) if not _blank(r.get("image_id")) else str(image)
             label = None if _blank(r.get("label")) else str(r["label"]).strip()
             objects: list[ObjectAnn] = []
@@ -96,14 +98,13 @@ class ManifestReader(Reader):
                 if not _blank(r.get("objects")):
                     objs = r["objects"] if isinstance(r["objects"], str) else json.dumps(r["objects"])
                     for o in loads(objs):
-                        if o.mask_path and not Path(o.mask_path).is_absolute():
-                            o = ObjectAnn(category=o.category, mask_path=str(root / o.mask_path))
+                        if o.mask_path:
+                            o = ObjectAnn(category=o.category, mask_path=str(resolve(root, o.mask_path)))
                         objects.append(o)
                 if not _blank(r.get("mask")):
                     if label is None:
                         raise AnnotationError("a mask needs a label (the mask is the labelled object)")
-                    m = Path(str(r["mask"])).expanduser()
-                    objects.append(ObjectAnn(category=label, mask_path=str(m if m.is_absolute() else root / m)))
+                    objects.append(ObjectAnn(category=label, mask_path=str(resolve(root, str(r["mask"])))))
                 if not _blank(r.get("bbox")):
                     if label is None:
                         raise AnnotationError("a bbox needs a label (the box is the labelled object)")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from pathlib import Path
 
-from pipeline.readers.base import ManifestRow, Reader, ReaderError, pick_label, register
 from common.annotations import ObjectAnn
+from common.storage import AnyPath
+from pipeline.readers.base import ManifestRow, Reader, ReaderError, pick_label, register
 
 
-def parse_voc(path: Path) -> tuple[str, list[ObjectAnn]]:
+def parse_voc(path: AnyPath) -> tuple[str, list[ObjectAnn]]:
     """File name and boxes of one VOC XML. VOC corners are 1-based inclusive pixels; COCO boxes are
     0-based continuous, so ``x = xmin - 1`` and ``w = xmax - xmin + 1``."""
-    root = ET.parse(path).getroot()
+    root = ET.fromstring(path.read_bytes())
     filename = (root.findtext("filename") or "").strip()
     if not filename:
         raise ValueError("no <filename>")
@@ -35,7 +35,7 @@ class VocReader(Reader):
     format = "voc"
 
     @property
-    def root(self) -> Path:
+    def root(self) -> AnyPath:
         return self.path(self.cfg.images)
 
     def describe(self) -> str:
@@ -52,7 +52,7 @@ class VocReader(Reader):
         for xml in files:
             try:
                 filename, objects = parse_voc(xml)
-            except (ET.ParseError, ValueError) as e:
+            except (ET.ParseError, ValueError, OSError) as e:
                 # Without a parsable file name we still know the stem: report the image by it.
                 yield ManifestRow(image_id=xml.stem, path=str(self.root / (xml.stem + ".jpg")),
                                   error=f"VOC annotation {str(xml)!r}: {e}")

@@ -1,8 +1,10 @@
 """The straightforward, row-by-row analysis that :mod:`pipeline.analysis` optimised: the oracle.
 
 These are the pre-optimisation bodies of ``frame.prepare_frame`` / ``load_frame``, the cue analyses
-of ``cues`` and ``evidence.group_stats`` / ``model_evidence`` / ``analyse``, kept verbatim (a Python
-loop per row over maps, colours and groups). ``tests/bench`` checks that the optimised functions
+of ``cues`` and ``evidence.group_stats`` / ``model_evidence`` / ``analyse``, in their plain form (a
+Python loop per row over maps, colours and groups; attribute groups counted one by one). The
+interval formulas they call (:mod:`pipeline.analysis.stats`) are shared: those are tested on their
+own against published values and statsmodels (tests/pipeline/test_stats.py). ``tests/bench`` checks that the optimised functions
 return exactly what these return; :mod:`bench.aggregate` times both on the same frame, so the
 speed-up is measured on the same machine and load rather than quoted.
 """
@@ -17,6 +19,7 @@ import pandas as pd
 
 from pipeline.analysis.cues import (
     AttributeGap,
+    AttributeGroup,
     BgColourEvidence,
     CooccurrenceEvidence,
     CooccurrencePair,
@@ -25,25 +28,29 @@ from pipeline.analysis.cues import (
 )
 from pipeline.analysis.evidence import ALL, GroupStats, ModelEvidence
 from pipeline.analysis.frame import ANALYSIS_COLUMNS, object_lift
-from pipeline.analysis.stats import NAN, median_ci
+from pipeline.analysis.resolution import fine_evidence
+from pipeline.analysis.stats import NAN, median_ci, rate_diff_from_counts, rate_from_counts
 from pipeline.schema import map_to_dict, read_results
 
 
 def prepare_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Normalise types (maps -> dicts, nullable -> float) and add derived columns."""
     df = df.copy()
-    for col in ("other_shares", "other_areas", "attributes"):
+    for col in ("other_shares", "other_areas", "attributes", "fine_other_shares"):
         if col in df:
             df[col] = [map_to_dict(v) for v in df[col]]
-    for col in ("correct", "pointing_hit"):
+    for col in ("correct", "pointing_hit", "fine_pointing_hit"):
         if col in df:
             df[col] = df[col].map(lambda v: np.nan if v is None or v is pd.NA else float(v)).astype(float)
     for col in ("object_share", "object_area", "object_cells", "background_share", "pred_score", "target_score",
-                "cf_fill_score", "cf_rand_score", "cf_same_score"):
+                "cf_fill_score", "cf_rand_score", "cf_same_score", "cf_ctx_score", "cf_ctrl_score", "fine_object_share",
+                "fine_object_cells", "fine_background_share"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     if "object_share" in df and "object_area" in df:
         df["object_lift"] = object_lift(df["object_share"], df["object_area"])
+    if "fine_object_share" in df and "object_area" in df:
+        df["fine_object_lift"] = object_lift(df["fine_object_share"], df["object_area"])
     if "error" in df:
         df["scored"] = df["error"].isna()
     return df
@@ -113,10 +120,10 @@ def background_colour(df: pd.DataFrame, so: StatOptions) -> BgColourEvidence:
         null95=colour_null(colors, labels, seed=so.seed),
         n_aligned=int(aligned.sum()),
         n_conflicting=int(conf.sum()),
-        acc_aligned=so.mean(right[aligned].astype(float)),
-        acc_conflicting=so.mean(right[conf].astype(float)),
-        gap=so.diff(right[aligned].astype(float), right[conf].astype(float)),
-        follow_rate=so.mean((d.pred.to_numpy(dtype=object)[conf] == cue[conf]).astype(float)),
+        acc_aligned=so.rate(right[aligned].astype(float)),
+        acc_conflicting=so.rate(right[conf].astype(float)),
+        gap=so.rate_diff(right[aligned].astype(float), right[conf].astype(float)),
+        follow_rate=so.rate((d.pred.to_numpy(dtype=object)[conf] == cue[conf]).astype(float)),
         bg_share_gap=so.diff(d.background_share.to_numpy()[conf & ~right], d.background_share.to_numpy()[conf & right]),
         centroids={c: [float(v * 255) for v in x] for c, x in cent.items()},
         examples=_examples(wrong_conf, "pred_score", so.examples, ascending=False),
@@ -160,7 +167,7 @@ def cooccurrence(df: pd.DataFrame, so: StatOptions) -> CooccurrenceEvidence:
                 lift = (mass - area) / (1 - area)
             pairs.append(CooccurrencePair(str(lab), cat, len(has), len(has) / len(g), so.mean(mass),
                                           float(np.nanmean(area)) if len(area) else float("nan"), so.mean(lift)))
-    assoc = associations(d, so.min_n)
+    assoc = associations(d, so.min_support)
     ev = CooccurrenceEvidence(pairs=pairs, associations=assoc)
     if not assoc:
         return ev
@@ -181,9 +188,9 @@ def cooccurrence(df: pd.DataFrame, so: StatOptions) -> CooccurrenceEvidence:
             conflicting[i] = True
     right = d.correct.to_numpy(dtype=float)
     ev.n_aligned, ev.n_conflicting = int(aligned.sum()), int(conflicting.sum())
-    ev.acc_aligned = so.mean(right[aligned])
-    ev.acc_conflicting = so.mean(right[conflicting])
-    ev.gap = so.diff(right[aligned], right[conflicting])
+    ev.acc_aligned = so.rate(right[aligned])
+    ev.acc_conflicting = so.rate(right[conflicting])
+    ev.gap = so.rate_diff(right[aligned], right[conflicting])
     ev.cue_mass = so.mean(own_mass[aligned])
     ev.cue_lift = so.mean(own_lift[aligned])
     ev.examples = _examples(d[conflicting & (right < 0.5)], "pred_score", so.examples, ascending=False)
@@ -192,7 +199,7 @@ def cooccurrence(df: pd.DataFrame, so: StatOptions) -> CooccurrenceEvidence:
 
 def attribute_gaps(df: pd.DataFrame, so: StatOptions, attributes: list[str] | None = None,
                    max_values: int = 20) -> list[AttributeGap]:
-    d = df[df.scored & df.correct.notna()]
+    d = df[df.scored & df.correct.notna() & df.label.notna()]
     if d.empty:
         return []
     keys = sorted({k for a in d.attributes for k in a}) if attributes is None else list(attributes)
@@ -205,20 +212,16 @@ def attribute_gaps(df: pd.DataFrame, so: StatOptions, attributes: list[str] | No
         sub = d[has].assign(_v=vals[has])
         groups = []
         for (lab, v), g in sub.groupby(["label", "_v"]):
-            groups.append({"label": str(lab), "value": str(v), "n": len(g), "accuracy": float(g.correct.mean())})
-        big = [g for g in groups if g["n"] >= so.min_n]
-        if not big:
-            out.append(AttributeGap(key, groups, None))
-            continue
-        worst = min(big, key=lambda g: g["accuracy"])
-        in_worst = (sub.label == worst["label"]) & (sub._v == worst["value"])
-        rest = sub[~in_worst]
-        out.append(AttributeGap(
-            attribute=key, groups=groups, worst=worst,
-            worst_acc=so.mean(sub.correct[in_worst]),
-            gap=so.diff(rest.correct, sub.correct[in_worst]),
-            examples=_examples(sub[in_worst & (sub.correct < 0.5)], "pred_score", so.examples, ascending=False),
-        ))
+            rest = sub[(sub.label == lab) & (sub._v != v)]
+            k, n = int(g.correct.sum()), len(g)
+            k_rest, n_rest = int(rest.correct.sum()), len(rest)
+            groups.append(AttributeGroup(
+                label=str(lab), value=str(v), n=n,
+                accuracy=rate_from_counts(k, n, so.conf), rest=rate_from_counts(k_rest, n_rest, so.conf),
+                gap=rate_diff_from_counts(k_rest, n_rest, k, n, so.conf),
+                examples=_examples(g[g.correct < 0.5], "pred_score", so.examples, ascending=False),
+            ))
+        out.append(AttributeGap(key, groups))
     return out
 
 
@@ -232,21 +235,21 @@ def counterfactual(df: pd.DataFrame, so: StatOptions) -> CounterfactualEvidence:
     flip = {k: (d[f"cf_{k}_pred"].to_numpy(dtype=object) != pred).astype(float) for k in ("fill", "rand", "same")}
     flip["fill"][d.cf_fill_pred.isna().to_numpy()] = np.nan
     labelled = d.label.notna().to_numpy()
-    ev = CounterfactualEvidence(n=len(d), flip_fill=so.mean(flip["fill"]), flip_rand=so.mean(flip["rand"]),
-                                flip_same=so.mean(flip["same"]))
+    ev = CounterfactualEvidence(n=len(d), flip_fill=so.rate(flip["fill"]), flip_rand=so.rate(flip["rand"]),
+                                flip_same=so.rate(flip["same"]))
     ev.drop_rand = so.mean(d.target_score - d.cf_rand_score)
     ev.drop_same = so.mean(d.target_score - d.cf_same_score)
     if labelled.mean() > 0.5:
         lab = d.label.to_numpy(dtype=object)
         acc = {k: (d[f"cf_{k}_pred"].to_numpy(dtype=object) == lab).astype(float) for k in ("fill", "rand", "same")}
-        ev.acc_original = so.mean(d.correct)
-        ev.acc_fill, ev.acc_rand, ev.acc_same = so.mean(acc["fill"]), so.mean(acc["rand"]), so.mean(acc["same"])
-        ev.bg_gap = so.paired(acc["same"][labelled], acc["rand"][labelled])
+        ev.acc_original = so.rate(d.correct)
+        ev.acc_fill, ev.acc_rand, ev.acc_same = so.rate(acc["fill"]), so.rate(acc["rand"]), so.rate(acc["same"])
+        ev.bg_gap = so.paired_rate_diff(acc["same"][labelled], acc["rand"][labelled])
         for c in sorted(set(lab[labelled])):
             m = lab == c
-            ev.by_class[str(c)] = so.paired(acc["same"][m], acc["rand"][m])
+            ev.by_class[str(c)] = so.paired_rate_diff(acc["same"][m], acc["rand"][m])
     else:
-        ev.bg_gap = so.paired(flip["rand"], flip["same"])
+        ev.bg_gap = so.paired_rate_diff(flip["rand"], flip["same"])
     bad = d[(flip["rand"] > 0.5) & (flip["same"] < 0.5)]
     ev.examples = _examples(bad, "pred_score", so.examples, ascending=False)
     return ev
@@ -259,13 +262,13 @@ def group_stats(key: str, d: pd.DataFrame, so: StatOptions) -> GroupStats:
         key=key,
         n=len(d),
         scored=len(ok),
-        accuracy=so.mean(ok.correct),
+        accuracy=so.rate(ok.correct),
         object_share=so.mean(ok.object_share),
         object_share_median=median_ci(ok.object_share, so.conf, so.n_boot, so.seed),
         object_area=so.mean(ok.object_area),
         object_lift=so.mean(ok.object_lift),
-        pointing=so.mean(ok.pointing_hit),
-        off_object=so.mean(off),
+        pointing=so.rate(ok.pointing_hit),
+        off_object=so.rate(off),
         background_share=so.mean(ok.background_share),
         worst=[str(x) for x in ok[ok.object_share.notna()].nsmallest(so.examples, "object_share").image_id],
     )
@@ -302,6 +305,7 @@ def model_evidence(model: str, d: pd.DataFrame, so: StatOptions, attributes: lis
         counterfactual=cf,
         attributes=attribute_gaps(d, so, attributes),
         run_ids=sorted(d.run_id.dropna().unique().tolist()),
+        fine=fine_evidence(d, so, group_stats, cooccurrence, ALL),
     )
 
 

@@ -10,15 +10,15 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from tests.bench import reference as ref
 from bench.aggregate import build_results
 from pipeline.analysis import cues, evidence, frame
 from pipeline.analysis.cues import StatOptions
 from pipeline.analysis.evidence import to_jsonable
 from pipeline.schema import map_to_dict, read_results
+from tests.bench import reference as ref
 from tests.dashboard.fakes import write_results
 
-SO = StatOptions(n_boot=200, min_n=10)
+SO = StatOptions(n_boot=200, min_support=10)
 
 
 def _same(a: object, b: object) -> bool:
@@ -168,7 +168,7 @@ def test_bg_colours_matches_the_row_check() -> None:
 def test_cue_analyses_equal_reference(fn: str, which: str, synth_frame: pd.DataFrame, fake_root: Path) -> None:
     df = {"synth": lambda: synth_frame, "odd": lambda: odd_frame(synth_frame),
           "small": lambda: synth_frame.iloc[::37], "fake": lambda: frame.load_frame(fake_root)}[which]()
-    for so in (SO, StatOptions(n_boot=50, min_n=3, seed=5)):
+    for so in (SO, StatOptions(n_boot=50, min_support=3, seed=5, conf=0.9)):
         assert_evidence_identical(getattr(cues, fn)(df, so), getattr(ref, fn)(df, so))
     if fn == "cooccurrence":
         for min_n in (1, 5, 50):

@@ -3,9 +3,11 @@
 :func:`write_results` plants a clear verdict: ``biased`` puts ~2% of its CAM mass on objects that
 cover ~20% of the view (background_reliance WARNs: at a 4x4 map the objects cover ~3 cells, too
 coarse to fail on saliency), flips under Mixed-Rand but not Mixed-Same (counterfactual_flip FAILs)
-and is wrong exactly on the background-colour conflicting images; ``fair`` looks at the object (PASS). ``broken`` has only error rows. Images are
-real 48x32 PNGs under a dataset root; annotations mix boxes, polygons, RLE and mask files; two rows
-of ``fair`` point outside the root (a ``..`` traversal and a symlink) and must never be served.
+and is wrong exactly on the background-colour conflicting images; ``fair`` looks at the object (PASS).
+``broken`` has only error rows. Images are real 48x32 PNGs under a dataset root; annotations mix
+boxes, polygons, RLE and mask files, the mask files in ``masks/`` *beside* the image root (the
+README's folder layout; the run records name it in ``mask_roots``); two rows of ``fair`` point
+outside the root (a ``..`` traversal and a symlink) and must never be served.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.schema import ModelRun, PartWriter, RunRecord, conform, new_run_id, write_run
 from common.annotations import ObjectAnn, dumps
+from pipeline.schema import ModelRun, PartWriter, RunRecord, conform, new_run_id, write_run
 
 CLASSES = ("disk", "square", "triangle")
 BG = {"disk": (200, 70, 60), "square": (70, 170, 80), "triangle": (60, 80, 200)}
@@ -53,7 +55,8 @@ class _Image:
 
 def _images(dataset: Path, n_per_class: int, rng: np.random.Generator) -> list[_Image]:
     out = []
-    (dataset / "masks").mkdir(parents=True, exist_ok=True)
+    masks = dataset.parent / "masks"
+    masks.mkdir(parents=True, exist_ok=True)
     for k, label in enumerate(CLASSES):
         (dataset / label).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
@@ -74,7 +77,7 @@ def _images(dataset: Path, n_per_class: int, rng: np.random.Generator) -> list[_
             image_id = f"{label}/{label}_{i:03d}.png"
             path = dataset / image_id
             Image.fromarray(arr).save(path)
-            anns = [_shape(label, (x, y, bw, bh), i, dataset / "masks" / f"{label}_{i:03d}.png")]
+            anns = [_shape(label, (x, y, bw, bh), i, masks / f"{label}_{i:03d}.png")]
             if kb:
                 anns.append(ObjectAnn("keyboard", bbox=tuple(float(v) for v in kb)))
             out.append(_Image(image_id, str(path), label, colour_class, (x, y, bw, bh), kb, dumps(anns)))
@@ -241,8 +244,8 @@ def write_results(tmp: Path, *, n_per_class: int = 30, runs: int = 2, running: b
         status = "running" if (running and last) else "finished"
         finished = None if status == "running" else (when + timedelta(minutes=5)).isoformat()
         write_run(root, RunRecord(run_id=run_id, name="fake audit", started_at=when.isoformat(),
-                                  status=status, finished_at=finished, dataset_roots=[ds], images=len(images) + len(extra),
-                                  models=models))
+                                  status=status, finished_at=finished, dataset_roots=[ds],
+                                  mask_roots=[str(tmp / "masks")], images=len(images) + len(extra), models=models))
     return out
 
 

@@ -50,3 +50,6 @@ def test_valid_results_exec_streamlit_with_the_app_and_results(tmp_path, monkeyp
                      "--browser.gatherUsageStats": "false"}
     assert cmd[i + 1:] == [str(root.resolve())]
     assert envs[0]["PYTHONPATH"].split(os.pathsep)[0] == str(Path(cmd[5]).parents[1])
+    res = runner.invoke(app, ["dashboard", str(root), "--review-db", str(tmp_path / "ro" / "review.sqlite")])
+    assert res.exit_code == 0, res.output
+    assert envs[1]["CUEAUDIT_REVIEW_DB"] == str((tmp_path / "ro" / "review.sqlite").resolve())

@@ -8,9 +8,9 @@ import sys
 
 from tests.conftest import ROOT
 
-MODULES = ["dashboard", "dashboard.data", "dashboard.images", "dashboard.views.common",
-           "dashboard.views.overview", "dashboard.views.model", "dashboard.views.explorer",
-           "dashboard.views.compare"]
+MODULES = ["dashboard", "dashboard.data", "dashboard.images", "dashboard.explore", "dashboard.export",
+           "dashboard.views.common", "dashboard.views.overview", "dashboard.views.model",
+           "dashboard.views.explorer", "dashboard.views.compare", "dashboard.views.review", "pipeline.triage"]
 
 
 def test_dashboard_imports_neither_torch_nor_ray():
@@ -26,7 +26,7 @@ def test_dashboard_imports_neither_torch_nor_ray():
 def test_a_full_app_run_imports_neither_torch_nor_ray(fake_results):
     code = (
         "import sys\nfrom streamlit.testing.v1 import AppTest\n"
-        "for page in ('Overview', 'Model', 'Image explorer', 'Compare'):\n"
+        "for page in ('Overview', 'Model', 'Image explorer', 'Compare', 'Review'):\n"
         "    at = AppTest.from_file('dashboard/app.py', default_timeout=60)\n"
         "    at.session_state['page'] = page\n"
         "    at.run()\n"

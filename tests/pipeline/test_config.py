@@ -44,6 +44,9 @@ def test_minimal_config_and_relative_paths(tmp_path):
          r"model names must be unique, repeated: \['a'\]"),
         ({"extra_key": 1}, r"extra_key: Extra inputs are not permitted"),
         ({"models": [{"name": "x", "source": "torchvision:"}]}, r"needs a name after 'torchvision:'"),
+        ({"execution": {"retry_errors": ["truncated", "timeout"]}},
+         r"execution\.retry_errors: unknown error kind\(s\) \['timeout'\]; valid: missing, unreadable"),
+        ({"execution": {"lock_timeout": 0}}, r"execution\.lock_timeout: Input should be greater than 0"),
     ],
 )
 def test_errors_name_file_field_and_value(tmp_path, patch, expect):
@@ -89,3 +92,52 @@ def test_imagenet_and_file_classes(tmp_path):
     a, b = load_config(_write(tmp_path, cfg)).model_specs()
     assert len(a.classes) == 1000 and a.classes[0] == "tench"
     assert b.classes == ("x", "y")
+
+
+def test_model_keys_for_modern_models(tmp_path):
+    model = {"name": "v", "source": "timm:vit_tiny_patch16_224", "weights": "w.safetensors", "layout": "tokens",
+             "prefix_tokens": 1, "fine_layer": "none", "label_map": {"cat": ["tabby", 282], "dog": 151},
+             "preprocess": {"size": 64}, "kwargs": {"img_size": 64}}
+    loaded = load_config(_write(tmp_path, {**BASE, "models": [model]}))
+    (m,) = loaded.config.models
+    assert m.label_map_items() == (("cat", ("tabby", 282)), ("dog", (151,)))
+    assert loaded.fine_layer_for(m) is None and loaded.config.fine_layer == "auto"
+    (spec,) = loaded.model_specs()
+    # The one key given overrides timm's pretrained_cfg; the rest (bicubic, crop 0.9, mean 0.5) stays.
+    assert spec.preprocess.size == (64, 64) and spec.preprocess.interpolation == "bicubic"
+    assert spec.preprocess.crop_pct == 0.9 and spec.preprocess.mean == (0.5, 0.5, 0.5)
+    builtin = load_config(_write(tmp_path, {**BASE, "models": [{**BASE["models"][0], "label_map": "imagenet9"}]}))
+    items = dict(builtin.config.models[0].label_map_items())
+    assert len(items) == 9 and len(items["dog"]) == 116
+    with pytest.raises(ConfigError, match="unknown label map 'imagenet10'; built-in maps: imagenet9"):
+        load_config(_write(tmp_path, {**BASE, "models": [{**BASE["models"][0], "label_map": "imagenet10"}]}))
+    with pytest.raises(ConfigError, match="layout"):
+        load_config(_write(tmp_path, {**BASE, "models": [{**BASE["models"][0], "layout": "nwhc"}]}))
+    hf = load_config(_write(tmp_path, {**BASE, "models": [{"name": "h", "source": "hf:models/vit"}]}))
+    assert hf.model_specs()[0].source == f"hf:{tmp_path / 'models' / 'vit'}"
+
+
+def test_both_maps_is_stored_but_not_fingerprinted(tmp_path):
+    from pipeline.run import plan_models
+
+    tiny = {"name": "tiny", "source": "python:tests.factories:tiny_cnn", "num_classes": 3}
+    cfg = {**BASE, "models": [tiny]}
+    (off,) = plan_models(load_config(_write(tmp_path, cfg)))
+    (on,) = plan_models(load_config(_write(tmp_path, {**cfg, "both_maps_when_wrong": True})))
+    assert (off.opts.both_maps, on.opts.both_maps) == (False, True)
+    # storing a second map changes no number: results scored either way stay current
+    assert on.fingerprint == off.fingerprint
+    (label,) = plan_models(load_config(_write(tmp_path, {**cfg, "target": "label"})))
+    assert label.fingerprint != off.fingerprint
+
+
+def test_error_kinds_are_every_kind_the_workers_write(tmp_path):
+    from pipeline.schema import ERROR_KINDS, TRANSIENT_ERROR_KINDS
+    from common.decode import IMAGE_ERROR_KINDS, MASK_ERROR_KINDS
+    from workers.faults import INTERNAL
+
+    # unknown_label and no_label come from workers.score; internal from workers.faults
+    assert set(ERROR_KINDS) == {*IMAGE_ERROR_KINDS, *MASK_ERROR_KINDS, "unknown_label", "no_label", INTERNAL}
+    assert set(TRANSIENT_ERROR_KINDS) <= set(IMAGE_ERROR_KINDS)
+    assert load_config(_write(tmp_path, BASE)).config.execution.retry_errors == (
+        "missing", "unreadable", "truncated", "empty_file")

@@ -9,6 +9,7 @@ models use seed 0.
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,8 +17,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.cli import app
 from cuebench.demo import CUES, EXPECTED_CHECK
+from pipeline.cli import app
 from pipeline.gate import evaluate
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -41,7 +42,7 @@ def test_biased_model_fails_with_the_check_of_its_cue(verdict, cue):
     assert m.status == "FAIL"
     assert status[EXPECTED_CHECK[cue]] == "FAIL", status
     assert status["counterfactual_flip"] == "FAIL", status  # the control-corrected swap sees every cue
-    failing = [r for r in m.checks if r.check == EXPECTED_CHECK[cue]][0]
+    failing = next(r for r in m.checks if r.check == EXPECTED_CHECK[cue])
     assert failing.examples, "a flag carries example image ids"
 
 
@@ -62,9 +63,23 @@ def test_biased_models_put_clearly_less_mass_on_objects(verdict):
         assert b.hi < f.lo, (cue, b, f)
 
 
+def test_cooccurrence_saliency_is_judged(verdict):
+    """CAM mass on the signalling object beyond its area: the biased model's is clearly above the fail
+    threshold, the fair model's below zero (saliency thresholds set on seed 101, checked here)."""
+    for variant, want in (("biased", "FAIL"), ("fair", "PASS")):
+        r = next(r for r in _model(verdict, f"cooccur-{variant}").checks if r.check == "cooccurrence_cue")
+        (sal,) = [f for f in r.findings if f.statistic == "cue_object_lift"]
+        assert sal.judged and sal.status == want, (variant, sal.estimate)
+
+
 def test_real_pretrained_model_on_real_photos_passes(verdict):
     m = _model(verdict, "efficientnet-lite0")
-    assert m.status == "PASS", {r.check: (r.status, r.message) for r in m.checks}
+    status = {r.check: (r.status, r.message) for r in m.checks}
+    assert m.status in ("PASS", "WARN") and not [r for r in m.checks if r.failed], status
+    # Its one missile photo, in six views, loses the label on other classes' backgrounds: a class-level
+    # BG-Gap, which only warns. Nothing else may warn.
+    warned = [(r.check, f.scope) for r in m.checks for f in r.findings if f.status == "WARN"]
+    assert set(warned) <= {("counterfactual_flip", "class:missile")}, warned
     assert m.evidence.overall.object_lift.lo > 0.2  # it looks at the annotated objects
     assert m.evidence.feature_layer == "_swish@1"
 
@@ -78,7 +93,7 @@ def test_gate_exit_codes_and_report_files(demo_results, tmp_path):
     assert doc["passed"] is False and {m["model"] for m in doc["models"]} >= {"background-biased", "background-fair"}
     suites = ET.parse(x).getroot()
     assert int(suites.get("failures")) >= 6
-    biased = [s for s in suites if s.get("name") == "cueaudit.background-biased"][0]
+    biased = next(s for s in suites if s.get("name") == "cueaudit.background-biased")
     assert any(tc.find("failure") is not None and tc.get("name") == "background_colour_cue" for tc in biased)
     text = md.read_text()
     assert "❌ **cueaudit gate failed**" in text and "`background-biased`" in text
@@ -100,7 +115,8 @@ def test_usage_and_data_errors_exit_2(demo_results, tmp_path):
 
 
 def test_policy_severity_turns_failures_into_warnings(demo_results, tmp_path):
-    checks = ("background_reliance", "background_colour_cue", "cooccurrence_cue", "counterfactual_flip", "attribute_gap")
+    checks = ("background_reliance", "background_colour_cue", "cooccurrence_cue", "counterfactual_flip", "attribute_gap",
+              "slice_gap")
     pol = tmp_path / "warn.yaml"
     pol.write_text(yaml.safe_dump({"checks": {c: {"severity": "warn"} for c in checks}}))
     r = runner.invoke(app, ["gate", str(demo_results), "--policy", str(pol), "-q"])
@@ -125,3 +141,44 @@ def test_dataset_report_sees_the_planted_cues(demo_results, tmp_path):
     assert "colour shortcut is available" in r.output
     r = runner.invoke(app, ["dataset-report", str(by["cooccur"])])
     assert "co-occurrence shortcut is available" in r.output and "colour shortcut" not in r.output
+
+
+def test_demo_command_exits_with_the_gates_code(demo_results, tmp_path):
+    from tests.conftest import CACHE
+
+    out = tmp_path / "results"
+    shutil.copytree(demo_results, out)  # resumed: nothing left to score, the gate judges the same results
+    r = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--work", str(CACHE)])
+    expected = 0 if evaluate(out).passed else 1
+    assert expected == 1  # the biased models fail on purpose
+    assert r.exit_code == expected, r.output
+
+
+def test_saliency_is_judged_at_the_finer_layer_when_the_automatic_one_is_coarse(demo_results, tmp_path):
+    """The automatic layer of the synthetic models (layer4, 4x4) gives the objects ~2.6 cells: the audit
+    adds layer3 (8x8) and background_reliance judges there, so the watermark-reading model fails on
+    saliency instead of only warning, and the fair one passes instead of warning."""
+    from cuebench.demo import CLASSES
+    from cuebench.train import train_cached
+    from pipeline.config import parse_config
+    from pipeline.run import ray_session, run_audit
+    from tests.conftest import CACHE
+
+    audit = CACHE / "data" / "watermark" / "audit" / "manifest.csv"
+    models = [{"spec": str(train_cached(CACHE / "models", "watermark", v, seed=0, classes=CLASSES) / "model.yaml"),
+               "name": f"watermark-{v}"} for v in ("biased", "fair")]  # the demo's models (cached)
+    raw = {"name": "fine", "output": str(tmp_path / "results"), "dataset": {"format": "manifest", "path": str(audit)},
+           "models": models, "execution": {"batch_size": 64}}
+    with ray_session(None, None):
+        s = run_audit(parse_config(raw, tmp_path / "fine.yaml"), progress=False)
+    assert {m.fine_layer for m in s.models.values()} == {"layer3"}, s.models
+    v = evaluate(tmp_path / "results")
+    for variant, want in (("biased", "FAIL"), ("fair", "PASS")):
+        m = _model(v, f"watermark-{variant}")
+        assert m.evidence.feature_layer == "layer4" and m.evidence.fine.layer == "layer3"
+        assert m.evidence.median_object_cells < 4 <= m.evidence.fine.median_object_cells
+        br = next(r for r in m.checks if r.check == "background_reliance")
+        assert br.status == want, (variant, br.message)
+        judged = [f for f in br.findings if f.scope == "model" and f.judged]
+        assert judged and "finer layer layer3" in judged[0].note
+

@@ -13,6 +13,7 @@ from PIL import Image
 
 from pipeline.config import CocoDataset, FolderDataset, ManifestDataset, VocDataset
 from pipeline.readers import READERS, ReaderError, read_manifest
+from pipeline.readers.base import mask_roots, minimal_roots
 from pipeline.schema import MANIFEST_SCHEMA
 from common.annotations import loads
 
@@ -24,8 +25,8 @@ def _img(p: Path, size=(20, 10)) -> Path:
 
 
 def test_registry_lists_every_format():
-    assert READERS.names() == ["coco", "folder", "manifest", "voc"]
-    with pytest.raises(KeyError, match="valid names: coco, folder, manifest, voc"):
+    assert READERS.names() == ["coco", "folder", "huggingface", "manifest", "voc", "webdataset"]
+    with pytest.raises(KeyError, match="valid names: coco, folder, huggingface, manifest, voc, webdataset"):
         READERS.get("yolo")
 
 
@@ -46,6 +47,9 @@ def test_folder_with_masks(tmp_path):
     # the missing mask of dog/b.png is still referenced: the worker reports it as mask_missing
     assert loads(rows["dog/b.png"]["objects"])[0].mask_path.endswith("masks/dog/b.png")
     assert rows["cat/a.jpg"]["dataset_root"] == str(tmp_path / "imgs")
+    # the mask folders are recorded: the dashboard reads outlines only from what the audit read
+    assert mask_roots(t) == [str(tmp_path / "masks/cat"), str(tmp_path / "masks/dog")]
+    assert mask_roots(read_manifest(FolderDataset(format="folder", root="imgs"), tmp_path)) == []
 
 
 def test_folder_errors_name_the_directory(tmp_path):
@@ -165,6 +169,14 @@ def test_manifest_columns(tmp_path, suffix):
     assert loads(out["c.png"]["objects"])[0].category == "ball"
     assert "d.png" in out["d.png"]["error"] and "JSON" in out["d.png"]["error"]
     assert "empty image path" in out["row-4"]["error"]
+    assert mask_roots(read_manifest(ManifestDataset(format="manifest", path=p.name), tmp_path)) == [str(tmp_path / "m")]
+
+
+def test_minimal_roots_drop_nested_folders_and_merge_many_upwards():
+    assert minimal_roots(["/d/m/a", "/d/m", "/d/mm", "/e/x/y"]) == ["/d/m", "/d/mm", "/e/x/y"]
+    many = [f"/data/masks/{i:03d}" for i in range(100)] + ["/other/m"]
+    assert minimal_roots(many, limit=8) == ["/data/masks", "/other/m"]
+    assert minimal_roots([f"/{i}" for i in range(10)], limit=3) == [f"/{i}" for i in range(10)]  # never "/"
 
 
 def test_manifest_requires_image_column(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from workers.models import (
 
 
 def test_sources_registry():
-    assert SOURCES.names() == ["efficientnet-lite0", "python", "timm", "torchvision"]
+    assert SOURCES.names() == ["efficientnet-lite0", "hf", "python", "timm", "torchvision"]
     with pytest.raises(KeyError, match="unknown model source 'onnx'; valid names"):
         load_model(ModelSpec(name="x", source="onnx:model.onnx"))
 
@@ -106,3 +107,117 @@ def test_preprocess_validation():
         Preprocess(crop_pct=0)
     with pytest.raises(ValueError, match="resize"):
         Preprocess(resize="stretch")  # type: ignore[arg-type]
+
+
+# --- safetensors, save_pretrained folders, hub checkpoints, timm's pretrained_cfg ---------------
+
+
+def _lite0_logits(m, x):
+    with torch.no_grad():
+        return m.module(x)
+
+
+def test_efficientnet_lite0_as_safetensors_and_as_a_transformers_style_folder(tmp_path):
+    from safetensors.torch import save_file
+
+    ref = load_model(ModelSpec(name="lite0", source="efficientnet-lite0"))
+    state = {k: v.contiguous() for k, v in ref.module.state_dict().items()}
+    single = tmp_path / "lite0.safetensors"
+    save_file(state, single)
+    # A sharded save_pretrained folder: two shards and the index that maps every key to its shard.
+    folder = tmp_path / "lite0-hf"
+    folder.mkdir()
+    keys = sorted(state)
+    half = len(keys) // 2
+    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+    for name, ks in shards.items():
+        save_file({k: state[k] for k in ks}, folder / name)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: name for name, ks in shards.items() for k in ks}}))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    want = _lite0_logits(ref, x)
+    for weights in (single, folder):
+        got = load_model(ModelSpec(name="lite0", source="efficientnet-lite0", weights=str(weights)))
+        torch.testing.assert_close(_lite0_logits(got, x), want, rtol=0, atol=0)
+        assert got.classes == ref.classes
+    fp = spec_fingerprint(ModelSpec(name="a", source="efficientnet-lite0", weights=str(folder)))
+    assert fp == spec_fingerprint(ModelSpec(name="b", source="efficientnet-lite0", weights=str(folder)))
+    assert fp != spec_fingerprint(ModelSpec(name="a", source="efficientnet-lite0", weights=str(single)))
+
+
+def test_weights_folder_errors_name_the_problem(tmp_path):
+    with pytest.raises(ModelLoadError, match="holds none of model.safetensors"):
+        read_state_dict(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="cannot be read as safetensors"):
+        read_state_dict(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": "missing.safetensors"}}')
+    with pytest.raises(ModelLoadError, match="shards that do not exist"):
+        read_state_dict(tmp_path)
+
+
+def test_timm_preprocessing_comes_from_pretrained_cfg_unless_given(tmp_path):
+    timm = pytest.importorskip("timm")
+    kw = {"img_size": 64, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
+    p = tmp_path / "vit.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **kw).state_dict(), p)
+    spec = ModelSpec(name="v", source="timm:vit_tiny_patch16_224", weights=str(p), num_classes=3,
+                     kwargs=tuple(sorted(kw.items())))
+    m = load_model(spec)
+    assert m.preprocess == Preprocess(size=(64, 64), resize="resize_crop", crop_pct=0.9, mean=(0.5,) * 3,
+                                      std=(0.5,) * 3, interpolation="bicubic")
+    own = Preprocess(size=(64, 64))
+    assert load_model(dataclasses.replace(spec, preprocess=own)).preprocess == own
+    assert spec_fingerprint(spec) != spec_fingerprint(dataclasses.replace(spec, preprocess=own))
+
+
+@pytest.fixture(scope="module")
+def hf_vit_dir(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, num_labels=3, id2label={0: "cat", 1: "dog", 2: "fish"},
+                                 label2id={"cat": 0, "dog": 1, "fish": 2})
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    folder = tmp_path_factory.mktemp("hf") / "vit"
+    model.save_pretrained(folder)  # model.safetensors + config.json
+    transformers.ViTImageProcessor(size={"height": 64, "width": 64}, resample=3, image_mean=[0.5, 0.4, 0.3],
+                                   image_std=[0.2, 0.2, 0.2]).save_pretrained(folder)
+    return folder, model
+
+
+def test_hf_source_logits_classes_and_preprocessing(hf_vit_dir):
+    folder, model = hf_vit_dir
+    assert (folder / "model.safetensors").is_file()
+    m = load_model(ModelSpec(name="hfvit", source=f"hf:{folder}"))
+    assert m.classes == ("cat", "dog", "fish")
+    assert m.preprocess == Preprocess(size=(64, 64), resize="resize", crop_pct=1.0, mean=(0.5, 0.4, 0.3),
+                                      std=(0.2, 0.2, 0.2), interpolation="bicubic")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(m.module(x), model(pixel_values=x).logits)
+    from workers.cam import GradCAM
+
+    cam = GradCAM(m.module)
+    assert cam(x).maps.shape == (2, 8, 8) and cam.layer_for(x).layout == "tokens"
+    with pytest.raises(ModelLoadError, match="config.json' does not exist"):
+        load_model(ModelSpec(name="x", source=f"hf:{folder.parent / 'nope'}"))
+    assert spec_fingerprint(ModelSpec(name="a", source=f"hf:{folder}")) == spec_fingerprint(
+        ModelSpec(name="b", source=f"hf:{folder}"))
+
+
+@pytest.mark.parametrize(("cfg", "want"), [
+    ({"size": {"shortest_edge": 224}, "crop_pct": 0.875, "resample": 3, "image_mean": [0.485, 0.456, 0.406],
+      "image_std": [0.229, 0.224, 0.225]},  # ConvNeXt
+     Preprocess(size=(224, 224), resize="resize_crop", crop_pct=0.875, interpolation="bicubic")),
+    ({"size": {"shortest_edge": 256}, "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
+      "resample": 2, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+     Preprocess(size=(224, 224), resize="resize_crop", crop_pct=0.875, mean=(0.5,) * 3, std=(0.5,) * 3)),
+])
+def test_hf_image_processor_settings(cfg, want):
+    from workers.models import hf_preprocess
+
+    assert hf_preprocess(cfg) == want

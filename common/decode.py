@@ -6,7 +6,7 @@ names the file. Nothing here lets a bad file crash a worker or pass as a plausib
 truncated files are never padded (PIL's ``LOAD_TRUNCATED_IMAGES`` is left False), decompression
 bombs are refused from the header before any pixel is decoded, and PIL warnings are logged.
 
-Annotations are rasterised straight onto the model input grid of a :class:`~workers.geometry.Geometry`
+Annotations are rasterised straight onto the model input grid of a :class:`~common.geometry.Geometry`
 as soft masks in [0, 1] (the fraction of each output pixel the object covers), so a 6000 x 4000
 photo never needs a full-resolution mask for a box or polygon.
 
@@ -18,6 +18,7 @@ photo never needs a full-resolution mask for a box or polygon.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -34,9 +35,11 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from common.annotations import ObjectAnn
-from workers.geometry import Geometry
+from common.geometry import Geometry
 from common.preprocess import Preprocess
 from common.rle import check_runs, rle_counts, rle_size
+from common.sources import SourceError, read_bytes
+from common.storage import is_uri, local_path
 
 log = logging.getLogger(__name__)
 
@@ -135,32 +138,53 @@ def _pil_warnings(path: str) -> Iterator[None]:
                     log.warning("%s: %s", path, w.message)
 
 
-def _sniff(path: str) -> str | None:
-    with open(path, "rb") as f:
-        head = f.read(16)
-    return next((fmt for sig, fmt in _SIGNATURES.items() if head.startswith(sig)), None)
+def _sniff(path: str, data: bytes | None = None) -> str | None:
+    if data is None:
+        with open(path, "rb") as f:
+            data = f.read(16)
+    return next((fmt for sig, fmt in _SIGNATURES.items() if data.startswith(sig)), None)
 
 
-def _open(path: str, max_pixels: int) -> Image.Image:
-    """Open lazily (header only), refusing missing, empty, non-image and oversized files."""
+def fetch(path: str) -> bytes | None:
+    """The bytes of an image that is not a plain local file (an object, a tar member, a dataset row:
+    :mod:`common.sources`), None for a local file, which PIL reads lazily itself."""
+    if not is_uri(path):
+        return None
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ImageError("missing", f"image {path!r} does not exist", path) from None
-    except OSError as e:
-        raise ImageError("unreadable", f"image {path!r} cannot be accessed: {e.strerror}", path) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageError("unreadable", f"image {path!r} is not a regular file", path)
-    if st.st_size == 0:
+        return read_bytes(path)
+    except SourceError as e:
+        raise ImageError(e.kind, f"image {e.message}", path) from None
+
+
+def _open(path: str, max_pixels: int, data: bytes | None = None) -> Image.Image:
+    """Open lazily (header only), refusing missing, empty, non-image and oversized files.
+
+    ``data`` are the file's bytes when it was fetched from a byte source; ``path`` names it."""
+    if data is None and is_uri(path):
+        data = fetch(path)
+    if data is None:
+        src: str | io.BytesIO = local_path(path)
+        try:
+            st = os.stat(src)
+        except FileNotFoundError:
+            raise ImageError("missing", f"image {path!r} does not exist", path) from None
+        except OSError as e:
+            raise ImageError("unreadable", f"image {path!r} cannot be accessed: {e.strerror}", path) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError("unreadable", f"image {path!r} is not a regular file", path)
+        size = st.st_size
+    else:
+        src, size = io.BytesIO(data), len(data)
+    if size == 0:
         raise ImageError("empty_file", f"image {path!r} is an empty (0-byte) file", path)
     try:
-        im = Image.open(path)
+        im = Image.open(src)
     except Image.DecompressionBombError as e:
         raise ImageError("too_large", f"image {path!r} refused as a decompression bomb: {e}", path) from None
     except PermissionError as e:
         raise ImageError("unreadable", f"image {path!r} cannot be read: {e.strerror}", path) from None
     except UnidentifiedImageError:
-        fmt = _sniff(path)
+        fmt = _sniff(path, data)
         if fmt is not None:
             problem = f"image {path!r} starts like a {fmt} but its header is truncated or corrupt"
             raise ImageError("corrupt", problem, path) from None
@@ -247,15 +271,16 @@ def _to_rgb(im: Image.Image, path: str) -> Image.Image:
         raise ImageError("unsupported_mode", problem, path) from None
 
 
-def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> Image.Image:
     """The fully decoded image as displayed (EXIF orientation applied), in 8-bit RGB.
 
     16-bit images are scaled (``v * 255 / 65535``), never clipped; transparent pixels are shown on
-    white. Raises :class:`ImageError` for anything else.
+    white. Raises :class:`ImageError` for anything else. ``path`` is a local path or any byte-source
+    URI (:mod:`common.sources`); ``data``, when given, are its bytes already fetched.
     """
     path = os.fspath(path)
     with _pil_warnings(path):
-        im = _open(path, max_pixels)
+        im = _open(path, max_pixels, data)
         with im:
             _load(im, path)
             try:
@@ -283,7 +308,7 @@ def _stored_geometry(geom: Geometry, orientation: int, stored_w: int, stored_h: 
     (ax, ay), (bx, by) = to_stored(x0, y0), to_stored(x1, y1)
     box = (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
     out_h, out_w = (geom.out_w, geom.out_h) if orientation >= 5 else (geom.out_h, geom.out_w)
-    return Geometry(stored_w, stored_h, box, out_h, out_w)
+    return Geometry(stored_w, stored_h, box, out_h, out_w, geom.interpolation)
 
 
 def _draft_factor(stored: Geometry) -> int:
@@ -296,7 +321,7 @@ def _draft_factor(stored: Geometry) -> int:
 
 
 def load_for_model(
-    path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None
 ) -> tuple[np.ndarray, Geometry]:
     """Decode, orient, resize and crop an image for the model: ``(out_h, out_w, 3)`` uint8 + its Geometry.
 
@@ -306,7 +331,7 @@ def load_for_model(
     """
     path = os.fspath(path)
     with _pil_warnings(path):
-        im = _open(path, max_pixels)
+        im = _open(path, max_pixels, data)
         with im:
             stored_w, stored_h = im.size
             scale = 1.0
@@ -329,19 +354,23 @@ def load_for_model(
     return pixels, geom
 
 
-def probe_jpeg(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytes, Geometry] | None:
+def probe_jpeg(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS,
+               data: bytes | None = None) -> tuple[bytes, Geometry] | None:
     """The raw bytes and displayed geometry of a plain JPEG (RGB or grayscale), for decoding on the
     GPU; None for anything else (CMYK, PNG, ...), which the CPU path decodes. Only the header is
     parsed here, with the same size guard as :func:`open_image`; a corrupt body surfaces at decode."""
     path = os.fspath(path)
+    data = data if data is not None else fetch(path)
     with _pil_warnings(path):
-        im = _open(path, max_pixels)
+        im = _open(path, max_pixels, data)
         with im:
             if im.format != "JPEG" or im.mode not in ("RGB", "L"):
                 return None
             orientation = _orientation(im, path)
             geom, _ = _plan(im.size[0], im.size[1], orientation, pre)
-    with open(path, "rb") as f:
+    if data is not None:
+        return data, geom
+    with open(local_path(path), "rb") as f:
         return f.read(), geom
 
 
@@ -446,12 +475,20 @@ def _rle_mask(rle: dict[str, Any], geom: Geometry, where: str) -> np.ndarray:
 
 
 def _file_mask(mask_path: str, geom: Geometry, base_dir: str | None, image_path: str | None) -> np.ndarray:
-    path = mask_path if base_dir is None or os.path.isabs(mask_path) else os.path.join(base_dir, mask_path)
-    if not os.path.isfile(path):
+    relative = base_dir is not None and not os.path.isabs(mask_path) and not is_uri(mask_path)
+    path = os.path.join(base_dir, mask_path) if relative else mask_path
+    data = None
+    if is_uri(path):
+        try:
+            data = read_bytes(path)
+        except SourceError as e:
+            kind = "mask_missing" if e.kind == "missing" else "mask_corrupt"
+            raise MaskError(kind, f"mask file {e.message} (for image {image_path!r})", path) from None
+    elif not os.path.isfile(local_path(path)):
         raise MaskError("mask_missing", f"mask file {path!r} (for image {image_path!r}) does not exist", path)
     try:
         with _pil_warnings(path):
-            im = _open(path, DEFAULT_MAX_PIXELS)
+            im = _open(path, DEFAULT_MAX_PIXELS, data)
             with im:
                 _load(im, path)
                 shown = ImageOps.exif_transpose(im)

@@ -16,8 +16,8 @@ from PIL.JpegImagePlugin import JpegImageFile
 from pycocotools import mask as mask_utils
 
 from common.annotations import ObjectAnn
-from workers.decode import ImageError, MaskError, load_for_model, open_image, polygon_coverage, rasterize
-from workers.geometry import Geometry
+from common.decode import ImageError, MaskError, load_for_model, open_image, polygon_coverage, rasterize
+from common.geometry import Geometry
 from workers.models import Preprocess
 
 CROP = Preprocess(size=(224, 224), resize="resize_crop", crop_pct=0.875)

@@ -8,8 +8,8 @@ from PIL import Image
 from torchvision import transforms
 
 from common.annotations import ObjectAnn
-from workers.decode import rasterize
-from workers.geometry import Geometry
+from common.decode import rasterize
+from common.geometry import Geometry
 from workers.models import Preprocess
 
 CROP = Preprocess(size=(224, 224), resize="resize_crop", crop_pct=0.875)
@@ -130,3 +130,21 @@ def test_dict_round_trip_and_validation():
         Geometry(10, 10, (0.0, 0.0, 11.0, 10.0), 4, 4)
     with pytest.raises(ValueError, match="positive"):
         Geometry(10, 10, (0.0, 0.0, 10.0, 10.0), 0, 4)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_image_and_mask_share_the_preprocessing_filter(interpolation):
+    """A mask painted into an image comes out of the geometry exactly as the image's channel does."""
+    rng = np.random.default_rng(0)
+    m = (rng.random((90, 120)) > 0.5).astype(np.float32)
+    img = Image.fromarray(np.repeat((m * 255).astype(np.uint8)[..., None], 3, axis=2))
+    g = Geometry.plan(120, 90, Preprocess(size=(32, 32), crop_pct=0.875, interpolation=interpolation))
+    assert g.interpolation == interpolation and Geometry.from_dict(g.to_dict()) == g
+    pixels = g.image(img)[..., 0].astype(np.float32) / 255
+    # PIL clips a uint8 image between its horizontal and vertical passes; bicubic overshoots at sharp
+    # edges, so there the 8-bit image and the float mask differ by a few percent.
+    tol = 1 / 255 + 1e-6 if interpolation == "bilinear" else 0.04
+    np.testing.assert_allclose(g.mask(m), np.clip(pixels, 0, 1), atol=tol)
+    other = Geometry.plan(120, 90, Preprocess(size=(32, 32), crop_pct=0.875,
+                                              interpolation="bicubic" if interpolation == "bilinear" else "bilinear"))
+    assert np.abs(other.mask(m) - g.mask(m)).max() > 0.05  # the filter matters on a sharp mask

@@ -4,7 +4,8 @@ A :class:`Geometry` is the preprocessing resize/crop expressed as a single affin
 ``box = (x0, y0, x1, y1)`` of the displayed source image (continuous pixel coordinates, pixel ``i``
 covers ``[i, i + 1)``) is resampled onto the ``out_h x out_w`` model input. Images and soft masks go
 through the same PIL call (``resize(..., BILINEAR, box=box)``, antialiased), points through the same
-affine map, so a box annotation and the pixels it outlines cannot drift apart.
+affine map, so a box annotation and the pixels it outlines cannot drift apart. The filter is the
+preprocessing's ``interpolation`` (bilinear or bicubic), the same for image and masks.
 
 ``"resize_crop"`` reproduces torchvision's ``Resize(int(size / crop_pct)) + CenterCrop(size)``
 exactly: resizing to ``(new_w, new_h)`` and cropping ``[left, left + out_w)`` samples output pixel
@@ -30,6 +31,8 @@ from PIL import Image
 
 from common.preprocess import Preprocess
 
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -45,8 +48,11 @@ class Geometry:
     box: tuple[float, float, float, float]
     out_h: int
     out_w: int
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
+        if self.interpolation not in _FILTERS:
+            raise ValueError(f"geometry interpolation must be one of {sorted(_FILTERS)}, got {self.interpolation!r}")
         if min(self.src_w, self.src_h, self.out_w, self.out_h) < 1:
             raise ValueError(
                 f"geometry sizes must be positive: source {self.src_w}x{self.src_h}, "
@@ -72,7 +78,7 @@ class Geometry:
         if src_w < 1 or src_h < 1:
             raise ValueError(f"cannot plan a geometry for an empty {src_w}x{src_h} image")
         if pre.resize == "resize":
-            return cls(src_w, src_h, (0.0, 0.0, float(src_w), float(src_h)), out_h, out_w)
+            return cls(src_w, src_h, (0.0, 0.0, float(src_w), float(src_h)), out_h, out_w, pre.interpolation)
         scale_h = math.floor(out_h / pre.crop_pct)
         scale_w = math.floor(out_w / pre.crop_pct)
         # Same operation order as torchvision's _compute_resized_output_size, so the ints agree.
@@ -85,7 +91,7 @@ class Geometry:
         sx, sy = src_w / new_w, src_h / new_h
         x1, y1 = min((left + out_w) * sx, float(src_w)), min((top + out_h) * sy, float(src_h))
         box = (left * sx, top * sy, x1, y1)
-        return cls(src_w, src_h, box, out_h, out_w)
+        return cls(src_w, src_h, box, out_h, out_w, pre.interpolation)
 
     def _scaled_box(self, size: tuple[int, int], scale: float) -> tuple[float, float, float, float]:
         w, h = size
@@ -102,7 +108,7 @@ class Geometry:
         if img.mode != "RGB":
             raise ValueError(f"Geometry.image needs an RGB image, got mode {img.mode!r}")
         box = self._scaled_box(img.size, scale)
-        out = img.resize((self.out_w, self.out_h), Image.Resampling.BILINEAR, box=box)
+        out = img.resize((self.out_w, self.out_h), _FILTERS[self.interpolation], box=box)
         return np.asarray(out, dtype=np.uint8)
 
     def mask(self, m: np.ndarray) -> np.ndarray:
@@ -118,7 +124,7 @@ class Geometry:
             )
         src = Image.fromarray(np.ascontiguousarray(m, dtype=np.float32))
         box = self._scaled_box(src.size, 1.0)
-        out = src.resize((self.out_w, self.out_h), Image.Resampling.BILINEAR, box=box)
+        out = src.resize((self.out_w, self.out_h), _FILTERS[self.interpolation], box=box)
         return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
     def points(self, xy: np.ndarray) -> np.ndarray:
@@ -139,14 +145,16 @@ class Geometry:
             "box": list(self.box),
             "out_h": self.out_h,
             "out_w": self.out_w,
+            "interpolation": self.interpolation,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Geometry:
         expected = {"src_w", "src_h", "box", "out_h", "out_w"}
-        if set(d) != expected:
-            raise ValueError(f"geometry dict needs exactly the keys {sorted(expected)}, got {sorted(d)}")
+        if not expected <= set(d) <= expected | {"interpolation"}:
+            raise ValueError(f"geometry dict needs the keys {sorted(expected)} (and optionally interpolation), got {sorted(d)}")
         if len(d["box"]) != 4:
             raise ValueError(f"geometry box must have 4 numbers (x0, y0, x1, y1), got {d['box']!r}")
         x0, y0, x1, y1 = (float(v) for v in d["box"])
-        return cls(int(d["src_w"]), int(d["src_h"]), (x0, y0, x1, y1), int(d["out_h"]), int(d["out_w"]))
+        return cls(int(d["src_w"]), int(d["src_h"]), (x0, y0, x1, y1), int(d["out_h"]), int(d["out_w"]),
+                   str(d.get("interpolation", "bilinear")))
