@@ -305,9 +305,30 @@ def _timing(c: dict[str, Any]) -> str:
 # The calibration section: fair vs biased ranges of each check's compared bound
 
 
+# Statistics a check judges with thresholds of their own (the policy's sub-block), not the check's.
+SUB_POLICY = {("cooccurrence_cue", "cue_object_lift"): "saliency", ("cooccurrence_cue", "context_gap"): "ablation"}
+
+
+def _sub_thresholds(c: dict[str, Any]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(check, statistic) -> (warn, fail) of the statistics in :data:`SUB_POLICY`, from the policy the
+    grid was judged with (``default`` or a gate.yaml path)."""
+    from pipeline.config import load_policy
+
+    name = str(c.get("policy", "default"))
+    policy = load_policy(None if name == "default" else name.strip("`"))
+    out = {}
+    for (check, stat), key in SUB_POLICY.items():
+        sub = getattr(getattr(policy.checks, check), key)
+        out[(check, stat)] = (float(sub.warn), float(sub.fail))
+    return out
+
+
 def stat_rows(c: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (verified model, judged model-level finding): what the thresholds are compared with."""
-    out = []
+    """One row per (verified model, check, judged statistic): the most extreme bound over the check's
+    judged findings that are not per class (the model-level finding, attribute groups, slices), which
+    is what decides the check's status; thresholds are the statistic's own where it has them."""
+    sub = _sub_thresholds(c)
+    best: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in c["models"]:
         if r["truth"] not in ("biased", "fair"):
             continue
@@ -315,13 +336,19 @@ def stat_rows(c: dict[str, Any]) -> list[dict[str, Any]]:
             for f in v.get("findings", []):
                 if not f.get("judged", True) or f["scope"].startswith("class:"):
                     continue
-                bound = f["lo"] if v["direction"] == "above" else f["hi"]
+                above = v["direction"] == "above"
+                bound = f["lo"] if above else f["hi"]
                 if bound is None or not math.isfinite(bound):
                     continue
-                out.append({"family": r["family"], "truth": r["truth"], "check": check, "scope": f["scope"],
-                            "statistic": f["statistic"], "bound": bound, "direction": v["direction"],
-                            "warn": v["warn"], "fail": v["fail"], "model": r["model"]})
-    return out
+                warn, fail = sub.get((check, f["statistic"]), (v["warn"], v["fail"]))
+                row = {"family": r["family"], "truth": r["truth"], "check": check, "scope": f["scope"],
+                       "statistic": f["statistic"], "bound": bound, "direction": v["direction"],
+                       "warn": warn, "fail": fail, "model": r["model"]}
+                key = (r["model"], check, f["statistic"])
+                old = best.get(key)
+                if old is None or (bound > old["bound"] if above else bound < old["bound"]):
+                    best[key] = row
+    return list(best.values())
 
 
 def calibration_section(c: dict[str, Any], title: str, report: dict[str, Any] | None = None) -> list[str]:
@@ -334,7 +361,8 @@ def calibration_section(c: dict[str, Any], title: str, report: dict[str, Any] | 
     out = [f"## {title}", "",
            (f"The same grid on seeds {_seeds(c)}{held_out}. For every check and "
            "family: the range of the bound the gate compares with its thresholds (the CI's lower bound when "
-           "*above* is bad, its upper bound when *below* is bad) over the verified-fair and the verified-biased "
+           "*above* is bad, its upper bound when *below* is bad; per model the most extreme over the check's "
+           "findings that are not per class) over the verified-fair and the verified-biased "
            "models, and how many fall on the wrong side of the default fail threshold. A finding with fewer "
            "than `min_n` images is SKIPped by today's gate whatever its bound; it is listed all the same."), "",
            ("| check | statistic | family | fair: range | fair past fail | biased: range | biased short of fail | "
@@ -373,7 +401,9 @@ def calibration_section(c: dict[str, Any], title: str, report: dict[str, Any] | 
 # The document
 
 
-def render_markdown(doc: dict[str, Any]) -> str:
+def render_markdown(doc: dict[str, Any], slices: Path | None = None) -> str:
+    """CALIBRATION.md: the verdict grid, the calibration grid and (``slices``, default
+    :data:`SLICES_JSON`) the slice-discovery measurement, each from its committed JSON."""
     out = ["# The gate, measured: verdict accuracy and threshold calibration", "",
            (f"Generated from [{JSON_NAME}]({JSON_NAME}) by `python -m bench.verdicts` (held-out seeds) and "
            "`python -m bench.calibrate` (calibration seeds); `python -m bench.verdicts --render` redraws this "
@@ -387,7 +417,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
         out += calibration_section(c, f"2. Threshold calibration (seeds {_seeds(c)})", doc.get("verdicts"))
         s = summarise(c["models"])
         out += ["", f"With the default policy the calibration seeds give TPR {s['tpr'].fmt()} and FPR {s['fpr'].fmt()}."]
+    saved = SLICES_JSON if slices is None else slices
+    if saved.is_file():  # the slice-discovery measurement (python -m bench.slices), from its own saved rows
+        from bench import slices as slices_mod
+
+        out += ["", slices_mod.render(json.loads(saved.read_text()))]
     return "\n".join(out).rstrip() + "\n"
+
+
+SLICES_JSON = Path(__file__).resolve().parents[1] / "docs" / "slices-benchmark.json"
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
