@@ -28,9 +28,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not bench and not slow and not ray and not browser" $(PYTEST_ARGS)
 
-## make bench: performance measurements, written to BENCHMARKS.md
+## make bench: performance measurements (BENCHMARKS.md), then the gate's own accuracy on the held-out
+## planted-cue grid (CALIBRATION.json, CALIBRATION.md and README's table)
 bench: $(STAMP)
 	$(PY) -m bench.run --out BENCHMARKS.md
+	$(PY) -m bench.verdicts
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline workers dashboard tests bench

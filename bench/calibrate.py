@@ -1,144 +1,55 @@
-"""Calibrate the gate's default thresholds on the synthetic benchmark, on seeds the tests never use.
+"""``python -m bench.calibrate``: where the gate's thresholds may be chosen, on seeds the report never uses.
 
-For every cue and calibration seed: an audit set, a biased and a fair model (trained on that seed),
-audited at ``layer3`` (8x8 maps) and ``layer4`` (4x4, the automatic choice), with counterfactuals.
-For each check it records the model-level statistic with its CI, and writes CALIBRATION.md: the
-range the fair models reach, the range the biased ones reach, and where the defaults sit between.
-The tests (seeds 0-2) then check the defaults on data the thresholds were not chosen on.
+Runs the verdict grid of :mod:`bench.verdicts` (same families, strengths, rendering, audits) on the
+calibration seeds 201-203 and stores it under ``calibration`` in ``CALIBRATION.json``. CALIBRATION.md
+then shows, per check and cue family, the range over verified-fair and verified-biased models of
+the bound each threshold is compared with, and how many fall on the wrong side of the default
+fail threshold. A threshold chosen from these ranges is judged by ``python -m bench.verdicts`` on
+seeds 301-303 (the tests use 0-2, the previous calibration 101-103).
 
-    python -m bench.calibrate --out CALIBRATION.md [--seeds 101 102 103]
+    python -m bench.calibrate [--seeds 201 202 203] [--policy gate.yaml] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import math
+import logging
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from cuebench.demo import CLASSES, CUES
-from cuebench.synth import AUDIT_CORRELATION, SynthConfig, generate
-from cuebench.train import train_cached
-from pipeline.config import GatePolicy, parse_config
-from pipeline.gate import evaluate
-from pipeline.run import ray_session, run_audit
+from bench import calibration_doc as doc_mod
+from bench.verdicts import CALIBRATION_SEEDS, REPORT_SEEDS, add_arguments, grid_from_args, run_grid
 
-SEEDS = (101, 102, 103)
-LAYERS = ("layer3", "layer4")
-STATS = (  # (check, statistic, direction, policy key holding its own thresholds or None)
-    ("background_reliance", "object_lift", "below", None),
-    ("background_colour_cue", "accuracy_gap", "above", None),
-    ("cooccurrence_cue", "accuracy_gap", "above", None),
-    ("cooccurrence_cue", "cue_object_lift", "above", "saliency"),
-    ("counterfactual_flip", "bg_gap", "above", None),
-    ("attribute_gap", "accuracy_gap", "above", None),  # the most extreme (label, value) group
-)
+log = logging.getLogger("bench.calibrate")
 
 
-def collect(root: Path, seeds: tuple[int, ...], audit_n: int) -> list[dict[str, Any]]:
-    rows = []
-    with ray_session(None, None):
-        for seed in seeds:
-            for cue in CUES:
-                audit = generate(root / "data" / f"{cue}-{seed}",
-                                 SynthConfig(cue=cue, n=audit_n, correlation=AUDIT_CORRELATION, seed=seed,
-                                             split="audit", classes=CLASSES))
-                models = []
-                for variant in ("biased", "fair"):
-                    d = train_cached(root / "models", cue, variant, seed=seed, classes=CLASSES)
-                    for layer in LAYERS:
-                        models.append({"spec": str(d / "model.yaml"), "name": f"{cue}-{variant}-{layer}-s{seed}",
-                                       "layer": layer})
-                raw = {"name": f"calibrate-{cue}-{seed}", "output": str(root / "results"),
-                       "dataset": {"format": "manifest", "path": str(audit / "manifest.csv")},
-                       "models": models, "counterfactual": {"enabled": True}, "execution": {"batch_size": 64}}
-                run_audit(parse_config(raw, root / f"{cue}-{seed}.yaml"), progress=False)
-    verdict = evaluate(root / "results")
-    for m in verdict.models:
-        cue, variant, layer, seed = m.model.rsplit("-", 3)
-        for r in m.checks:
-            for f in r.findings:
-                if f.scope == "model" and f.judged:
-                    rows.append({"cue": cue, "variant": variant, "layer": layer, "seed": seed[1:], "check": r.check,
-                                 "statistic": f.statistic, "value": f.estimate.value, "lo": f.estimate.lo,
-                                 "hi": f.estimate.hi, "n": f.estimate.n, "status": f.status})
-        rows.append({"cue": cue, "variant": variant, "layer": layer, "seed": seed[1:], "check": "verdict",
-                     "statistic": "", "value": math.nan, "lo": math.nan, "hi": math.nan, "n": m.evidence.images,
-                     "status": m.status})
-        cells = m.evidence.median_object_cells
-        rows.append({"cue": cue, "variant": variant, "layer": layer, "seed": seed[1:], "check": "resolution",
-                     "statistic": "median_object_cells", "value": cells, "lo": math.nan, "hi": math.nan,
-                     "n": m.evidence.images, "status": ""})
-    return rows
+def print_ranges(collection: dict) -> None:
+    """The calibration table on stdout, for a quick look while choosing thresholds."""
+    lines = doc_mod.calibration_section(collection, f"Calibration (seeds {', '.join(map(str, collection['seeds']))})")
+    print("\n".join(lines))
 
 
-def _fmt(v: float) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:+.3f}"
-
-
-def render(rows: list[dict[str, Any]], seeds: tuple[int, ...]) -> str:
-    pol = GatePolicy()
-    out = [
-        "# Threshold calibration",
-        "",
-        (f"Generated by `python -m bench.calibrate` on {dt.date.today().isoformat()}, seeds {', '.join(map(str, seeds))} "
-        "(the tests use seeds 0-2). Each cell: the range over seeds of the model-level statistic's CI bound "
-        "that the gate compares (the lower bound for 'above is bad' checks, the upper bound for 'below is bad')."),
-        "",
-        "| check | statistic | layer | cue | fair models | biased models | default warn / fail |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for check, stat, direction, own in STATS:
-        p = getattr(pol.checks, check)
-        p = getattr(p, own) if own else p
-        for layer in LAYERS:
-            for cue in CUES:
-                sel = [r for r in rows if (r["check"], r["statistic"], r["layer"], r["cue"]) == (check, stat, layer, cue)]
-                if not sel:
-                    continue
-                bound = "hi" if direction == "below" else "lo"
-                fair = [r[bound] for r in sel if r["variant"] == "fair" and math.isfinite(r[bound])]
-                biased = [r[bound] for r in sel if r["variant"] == "biased" and math.isfinite(r[bound])]
-                rng = lambda xs: f"{_fmt(min(xs))} .. {_fmt(max(xs))}" if xs else "skipped"
-                out.append(f"| {check} | {stat} ({bound}) | {layer} | {cue} | {rng(fair)} | {rng(biased)} | "
-                           f"{p.warn:g} / {p.fail:g} ({direction}) |")
-    out += ["", ("How the defaults were chosen: each fail threshold sits between the worst fair model and the best "
-            "biased model at the 8x8 layer with a margin on both sides, and each warn threshold between the fail "
-            "threshold and the fair models, so a fair model neither fails nor warns. At the 4x4 layer the objects "
-            "cover ~2.6 feature cells and the fair models' object lift is compressed to about half of its 8x8 value "
-            "(close to the biased watermark model's): `min_object_cells` (4) caps background reliance at WARN there, "
-            "with the advice to audit a finer layer, while the label-conditioned and counterfactual checks, which "
-            "do not depend on the map, still fail every biased model."), "",
-            "Median feature cells covered by the labelled object:", ""]
-    for layer in LAYERS:
-        cells = [r["value"] for r in rows if r["check"] == "resolution" and r["layer"] == layer]
-        if cells:
-            out.append(f"- {layer}: {min(cells):.1f} .. {max(cells):.1f} cells "
-                       f"(background_reliance caps at WARN below {pol.checks.background_reliance.min_object_cells:g})")
-    out += ["", "Default-policy verdicts per model over the seeds (only FAIL fails the gate):", "",
-            "| cue | variant | layer | FAIL | WARN | PASS |", "|---|---|---|---|---|---|"]
-    for cue in CUES:
-        for variant in ("biased", "fair"):
-            for layer in LAYERS:
-                st = [r["status"] for r in rows if r["check"] == "verdict" and (r["cue"], r["variant"], r["layer"])
-                      == (cue, variant, layer)]
-                out.append(f"| {cue} | {variant} | {layer} | {st.count('FAIL')} | {st.count('WARN')} | "
-                           f"{st.count('PASS')} |")
-    return "\n".join(out) + "\n"
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="CALIBRATION.md")
-    ap.add_argument("--work", default=".cueaudit/calibrate")
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    ap.add_argument("--audit-n", type=int, default=600)
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.calibrate", description=__doc__.splitlines()[0])
+    add_arguments(ap)
     a = ap.parse_args(argv)
-    rows = collect(Path(a.work).resolve(), tuple(a.seeds), a.audit_n)
-    Path(a.out).write_text(render(rows, tuple(a.seeds)))
-    print(Path(a.out).read_text())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    grid = grid_from_args(a, CALIBRATION_SEEDS)
+    overlap = sorted(set(grid.seeds) & set(REPORT_SEEDS))
+    if overlap:
+        ap.error(f"--seeds {overlap} are report seeds (bench.verdicts): calibrating on them would grade the gate "
+                 "on data it was tuned on")
+    collection = run_grid(grid, a.work, a.policy, a.threads, a.jobs, kind="calibration")
+    print_ranges(collection)
+    json_path = a.json or (None if a.quick else Path(doc_mod.JSON_NAME))
+    markdown = a.markdown or (None if a.quick else Path("CALIBRATION.md"))
+    if json_path is not None:
+        doc = doc_mod.load(json_path)
+        doc["calibration"] = collection
+        doc_mod.write_documents(doc, json_path, markdown, None)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,8 +23,9 @@ Fair models must flag nothing: the table counts their flagged slices.
 
 The rows are saved to ``docs/slices-benchmark.json`` (README's table is compared with them by a
 test). ``--into FILE`` replaces this section in FILE (or appends it; in README the block between the
-``slices`` markers), leaving the rest of the file as it is, so it survives ``python -m
-bench.calibrate`` regenerating CALIBRATION.md: run it again after that.
+``slices`` markers), leaving the rest of the file as it is. CALIBRATION.md is also rendered by
+:mod:`bench.calibration_doc`, which takes this section from the saved rows, so ``python -m
+bench.calibrate`` and ``python -m bench.verdicts`` keep it.
 """
 
 from __future__ import annotations

@@ -9,14 +9,27 @@ label) is the fair case. Cues live in :data:`CUES`, one short class each:
 
 - ``background``: the background hue follows the class (textured, never flat, so a neutral fill
   is out of distribution as it is for photos).
-- ``cooccur``: a co-occurring distractor object ("the keyboard next to the mouse"), one distractor
-  category per class, annotated as its own category.
+- ``texture``: a per-class stripe *orientation* modulates the background; every class draws its
+  hue from the same distribution and stripes average out, so colour statistics cannot see it.
+- ``cooccur``: a co-occurring distractor object anywhere in the image, one distractor category per
+  class, annotated as its own category.
+- ``keyboard``: the same, but the distractor sits right beside the target ("the keyboard next to
+  the mouse"), where a coarse saliency map cannot separate the two.
 - ``watermark``: a small badge with a per-class glyph in the bottom-right corner, recorded in the
   image attributes but not annotated (like a real watermark).
 
-Objects are drawn 8x supersampled: the image gets the anti-aliased coverage and the mask is the
-pixels the object covers at least half, so the mask PNG, the COCO polygons (the exact geometry;
-a 32-gon for disks) and the pixels agree. Numpy + Pillow only: slim tools import this module.
+``salience`` (0, 1] scales how visible the cue is (each cue's :attr:`Cue.salience_note` says how:
+hue separation, stripe contrast, distractor size, mark size and contrast); 1 is the original
+rendering. ``backdrop`` picks procedural textures, crops of real photos (scikit-image's bundled
+samples, tinted with the background colour: :func:`photo_background`) or a mix; ``edge_blur``
+softens object edges with a Gaussian of that many pixels.
+
+Objects are drawn 8x supersampled: the image gets the anti-aliased (optionally blurred) coverage
+and the mask is the pixels the object covers at least half, so the mask PNG, the COCO polygons
+(the exact geometry; a 32-gon for disks) and the pixels agree. Each image's ``attributes`` hold
+oracle facts (``cue_class``, ``cue_aligned``, ...); ``manifest-public.csv`` keeps only what a real
+dataset could record (:attr:`Cue.observable`), for audits that must not see the answer.
+Numpy + Pillow only (scikit-image for photo backdrops, imported when used): slim tools import it.
 
 >>> out = generate("data/bg", SynthConfig(cue="background", n=300, correlation=0.6))  # doctest: +SKIP
 """
@@ -25,6 +38,7 @@ from __future__ import annotations
 
 import colorsys
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -56,9 +70,14 @@ BIASED_CORRELATION = 0.99
 AUDIT_CORRELATION = 0.6
 """Audit splits keep the cue informative yet, with 3 classes, 40% of images are cue-conflicting (the minority groups)."""
 
+PUBLIC_MANIFEST = "manifest-public.csv"
+
 AREA_RANGE = (0.08, 0.25)  # target object area / image area
 MAX_TILT_DEG = 15.0  # rotation of the polygonal targets
 SUPERSAMPLE = 8  # drawing resolution factor; masks agree with COCO polygons to IoU ~0.99 at 8x
+
+Backdrop = Literal["texture", "photo", "mixed"]
+BACKDROPS: tuple[str, ...] = ("texture", "photo", "mixed")  # mixed: each image picks one of the two at random
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixel coordinates (pixel (x, y) covers [x, x+1))
 
@@ -234,19 +253,43 @@ class Instance:
         return ObjectAnn(category=self.category, polygons=self.shape.coco_polygons())
 
 
-class Canvas:
-    """An RGB float image being drawn on, with the union of everything placed so far."""
+@functools.lru_cache(maxsize=8)
+def _blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """``(n, n)`` Gaussian convolution matrix, kernel radius ``ceil(3 sigma)``, zero padding."""
+    r = max(1, math.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    idx = np.arange(n)
+    d = idx[None, :] - idx[:, None]
+    return np.where(np.abs(d) <= r, k[np.clip(d + r, 0, 2 * r)], 0.0).astype(np.float32)
 
-    def __init__(self, background: np.ndarray) -> None:
+
+def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a ``(h, w)`` map with zero padding (kernel radius ``ceil(3 sigma)``)."""
+    return _blur_matrix(a.shape[0], sigma) @ a @ _blur_matrix(a.shape[1], sigma).T
+
+
+class Canvas:
+    """An RGB float image being drawn on, with the union of everything placed so far.
+
+    ``edge_blur`` > 0 softens every object's coverage with a Gaussian of that sigma (px); its mask
+    stays the pixels covered at least half.
+    """
+
+    def __init__(self, background: np.ndarray, edge_blur: float = 0.0) -> None:
         self.pixels = background.astype(np.float32)  # (size, size, 3) in [0, 1]
         self.size = background.shape[0]
         self.occupied = np.zeros((self.size, self.size), dtype=bool)
+        self.edge_blur = edge_blur
 
     def add(self, category: str, shape: Shape, rgb: Sequence[float]) -> Instance:
-        alpha = shape.coverage(self.size)[..., None]
+        cover = shape.coverage(self.size)
+        if self.edge_blur > 0:
+            cover = gaussian_blur(cover, self.edge_blur)
+        alpha = cover[..., None]
         self.pixels = self.pixels * (1 - alpha) + np.asarray(rgb, dtype=np.float32) * alpha
         mask = alpha[..., 0] >= 0.5
-        self.occupied |= alpha[..., 0] > 0
+        self.occupied |= alpha[..., 0] > (0.02 if self.edge_blur > 0 else 0)  # a blur's far tail is not "drawn"
         return Instance(category=category, shape=shape, mask=mask)
 
     def paint(self, alpha: np.ndarray, rgb: Sequence[float]) -> None:
@@ -255,8 +298,10 @@ class Canvas:
         self.pixels = self.pixels * (1 - a) + np.asarray(rgb, dtype=np.float32) * a
         self.occupied |= alpha > 0
 
-    def free_spot(self, rng: np.random.Generator, side: int, margin: int) -> tuple[int, int] | None:
-        """A uniformly chosen top-left corner of a ``side`` square that keeps ``margin`` px from everything drawn."""
+    def free_spot(self, rng: np.random.Generator, side: int, margin: int,
+                  near: tuple[float, float] | None = None) -> tuple[int, int] | None:
+        """The top-left corner of a ``side`` square that keeps ``margin`` px from everything drawn:
+        uniformly chosen, or with ``near`` (x, y) one of those whose centre is closest to that point."""
         win = side + 2 * margin
         if win > self.size:
             return None
@@ -265,6 +310,10 @@ class Canvas:
         ys, xs = np.nonzero(sums == 0)
         if len(xs) == 0:
             return None
+        if near is not None:
+            d = np.hypot(xs + win / 2 - near[0], ys + win / 2 - near[1])
+            close = d <= d.min() + 1.5
+            xs, ys = xs[close], ys[close]
         k = int(rng.integers(len(xs)))
         return int(xs[k]) + margin, int(ys[k]) + margin
 
@@ -288,6 +337,39 @@ def textured_background(rng: np.random.Generator, size: int, rgb: Sequence[float
     return np.clip(np.asarray(rgb, dtype=np.float32) * shade[..., None] + grain, 0.0, 1.0)
 
 
+PHOTO_CROP = (0.3, 0.7)  # crop side / the photo's short side
+PHOTO_CONTRAST = 0.25  # std of the relative shading a photo crop gives the background colour
+
+
+@functools.lru_cache(maxsize=1)
+def _photo_luminances() -> tuple[np.ndarray, ...]:
+    from cuebench.realphotos import load_photo, photo_specs
+
+    return tuple(np.asarray(Image.fromarray(load_photo(s["loader"])).convert("L"), dtype=np.float32) / 255.0
+                 for s in photo_specs())
+
+
+def photo_background(rng: np.random.Generator, size: int, rgb: Sequence[float]) -> np.ndarray:
+    """A random crop of one of scikit-image's bundled photos (:mod:`cuebench.realphotos`), its
+    luminance used as shading of ``rgb`` plus fine grain: ``(size, size, 3)``.
+
+    Real structure (fur, edges, text, sky) with the colour statistics still set by ``rgb``, so a
+    colour cue stays a colour cue and a cue-free background's colour stays uninformative.
+    """
+    photos = _photo_luminances()
+    lum = photos[int(rng.integers(len(photos)))]
+    h, w = lum.shape
+    side = int(rng.uniform(*PHOTO_CROP) * min(h, w))
+    y0, x0 = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+    crop = Image.fromarray(lum[y0 : y0 + side, x0 : x0 + side], "F").resize((size, size), Image.Resampling.BILINEAR)
+    crop_a = np.asarray(crop, dtype=np.float32)
+    if rng.random() < 0.5:
+        crop_a = crop_a[:, ::-1]
+    shade = np.clip(1.0 + PHOTO_CONTRAST * (crop_a - crop_a.mean()) / (crop_a.std() + 1e-6), 0.3, 1.7)
+    grain = rng.normal(0.0, 0.02, (size, size, 3)).astype(np.float32)
+    return np.clip(np.asarray(rgb, dtype=np.float32) * shade[..., None] + grain, 0.0, 1.0)
+
+
 def _object_colour(rng: np.random.Generator, background: Sequence[float]) -> tuple[float, float, float]:
     bg = np.asarray(background)
     for _ in range(100):
@@ -304,15 +386,21 @@ class Cue:
     """A planted spurious cue; a new one is a short subclass registered in :data:`CUES`.
 
     The renderer picks ``cue_k``, the class the cue points to (the label with probability
-    ``correlation``, else another class uniformly), draws the background with :meth:`hue`, places
-    the target object outside :meth:`keep_free` and then calls :meth:`draw`, which adds the cue and
-    returns the annotated extra objects and the cue's attributes (or ``None`` when it found no room,
-    to have the target placed again).
+    ``correlation``, else another class uniformly), draws the background with :meth:`hue`, lets
+    :meth:`backdrop` change it, places the target object outside :meth:`keep_free` and then calls
+    :meth:`draw`, which adds the cue and returns the annotated extra objects and the cue's
+    attributes (or ``None`` when it found no room, to have the target placed again). ``salience``
+    in (0, 1] scales how visible the cue is (1: the original rendering), as :attr:`salience_note` says.
     """
 
     name: ClassVar[str] = ""
     note: ClassVar[str] = ""
+    salience_note: ClassVar[str] = ""
     choices: ClassVar[tuple[str, ...]] = ()  # per-class cue variants (distractor/glyph names), in class order
+    observable: ClassVar[tuple[str, ...]] = ()  # attribute keys a real dataset could record (manifest-public.csv)
+
+    def __init__(self, salience: float = 1.0) -> None:
+        self.salience = salience
 
     def categories(self, classes: Sequence[str]) -> tuple[str, ...]:
         """Extra annotated categories this cue draws."""
@@ -320,6 +408,10 @@ class Cue:
 
     def hue(self, rng: np.random.Generator, cue_k: int, n_classes: int) -> float:
         return float(rng.random())
+
+    def backdrop(self, background: np.ndarray, rng: np.random.Generator, cue_k: int, n_classes: int) -> np.ndarray:
+        """The background ``(size, size, 3)`` before any object is drawn; a cue may change it."""
+        return background
 
     def keep_free(self, size: int) -> tuple[Box, ...]:
         return ()
@@ -349,27 +441,57 @@ def _cue(name: str) -> Callable[[type[Cue]], type[Cue]]:
 @_cue("background")
 class BackgroundCue(Cue):
     note = "background hue: class k -> hue k / num_classes (textured), else another class's hue"
+    salience_note = "hue separation between classes: class k's hue is salience * k / num_classes (+-0.03)"
 
     def hue(self, rng: np.random.Generator, cue_k: int, n_classes: int) -> float:
-        return (cue_k / n_classes + rng.uniform(-0.03, 0.03)) % 1.0
+        return (self.salience * cue_k / n_classes + rng.uniform(-0.03, 0.03)) % 1.0
+
+
+@_cue("texture")
+class TextureCue(Cue):
+    note = ("background stripes at a per-class orientation (class k: k * 180 / num_classes degrees); every "
+            "class's hue is drawn uniformly and the stripes average out, so colour statistics cannot see it")
+    salience_note = "stripe contrast: the background is shaded by 1 + 0.3 * salience * sin(stripe phase)"
+    AMPLITUDE = 0.3
+    PERIOD = (5.0, 8.0)  # px at 64 px, scaled with the image
+
+    def backdrop(self, background: np.ndarray, rng: np.random.Generator, cue_k: int, n_classes: int) -> np.ndarray:
+        size = background.shape[0]
+        theta = math.pi * cue_k / n_classes
+        period = rng.uniform(*self.PERIOD) * size / 64
+        phase = rng.uniform(0, 2 * math.pi)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+        wave = np.sin(2 * math.pi * (xx * math.cos(theta) + yy * math.sin(theta)) / period + phase)
+        shade = 1.0 + self.AMPLITUDE * self.salience * wave
+        return np.clip(background * shade[..., None], 0.0, 1.0)
+
+    def draw(self, canvas: Canvas, rng: np.random.Generator, cue_k: int) -> tuple[list[Instance], dict[str, str]] | None:
+        return [], {}
 
 
 @_cue("cooccur")
 class CooccurCue(Cue):
     note = "a co-occurring distractor object, one category per class, annotated as its own category"
+    salience_note = "distractor size: its side is (0.5 + 0.5 * salience) x the full-salience side"
     choices = ("cross", "stripes", "dots", "chevron")
-    SIDE = (0.2, 0.28)  # distractor side / image side
+    SIDE = (0.2, 0.28)  # distractor side / image side at salience 1
     MIN_SIDE = 0.16
+    BESIDE = False  # True: placed as close to the target as there is room (the keyboard beside the mouse)
 
     def categories(self, classes: Sequence[str]) -> tuple[str, ...]:
         return self.choices[: len(classes)]
 
     def draw(self, canvas: Canvas, rng: np.random.Generator, cue_k: int) -> tuple[list[Instance], dict[str, str]] | None:
         size, name = canvas.size, self.choices[cue_k]
-        side = round(rng.uniform(*self.SIDE) * size)
+        scale = 0.5 + 0.5 * self.salience
+        side = round(rng.uniform(*self.SIDE) * scale * size)
         margin = max(1, round(size / 32))
-        while side >= round(self.MIN_SIDE * size):
-            spot = canvas.free_spot(rng, side, margin)
+        near = None
+        if self.BESIDE:
+            ys, xs = np.nonzero(canvas.occupied)
+            near = (float(xs.mean()), float(ys.mean())) if len(xs) else None
+        while side >= round(self.MIN_SIDE * scale * size):
+            spot = canvas.free_spot(rng, side, margin, near=near)
             if spot is not None:
                 grey = float(rng.uniform(0.9, 1.0))
                 inst = canvas.add(name, DISTRACTORS.get(name)(side).shifted(*spot), (grey, grey, grey))
@@ -378,14 +500,27 @@ class CooccurCue(Cue):
         return None
 
 
+@_cue("keyboard")
+class KeyboardCue(CooccurCue):
+    note = ("a large co-occurring object right beside the target (the keyboard next to the mouse), one "
+            "category per class, annotated as its own category")
+    SIDE = (0.26, 0.32)
+    MIN_SIDE = 0.2
+    BESIDE = True
+
+
 @_cue("watermark")
 class WatermarkCue(Cue):
     note = "a dark badge with a per-class white glyph in the bottom-right corner; not an annotated object"
+    salience_note = ("mark size and contrast: the badge side is (0.5 + 0.5 * salience) x 1/8 of the image (>= 6 px) "
+                     "and the glyph's grey goes from the badge's (0.06) to white with salience")
     choices = ("plus", "x", "ring", "bars")
-    SIDE = 0.125  # badge side / image side
+    observable = ("watermark",)  # which mark an image carries, as a stock-photo dataset records it
+    SIDE = 0.125  # badge side / image side at salience 1
+    BADGE = 0.06
 
     def _box(self, size: int) -> tuple[int, int, int]:
-        side = max(6, round(self.SIDE * size))
+        side = max(6, round(self.SIDE * (0.5 + 0.5 * self.salience) * size))
         inset = max(1, round(size / 32))
         return size - inset - side, size - inset - side, side
 
@@ -399,13 +534,13 @@ class WatermarkCue(Cue):
         name = self.choices[cue_k]
         badge = np.zeros((canvas.size, canvas.size), dtype=np.float32)
         badge[y : y + side, x : x + side] = 1.0
-        canvas.paint(badge, (0.06, 0.06, 0.06))
+        canvas.paint(badge, (self.BADGE,) * 3)
         f = SUPERSAMPLE
         hi = Image.new("L", (side * f, side * f), 0)
         GLYPHS.get(name)(ImageDraw.Draw(hi), side * f)
         glyph = np.zeros_like(badge)
         glyph[y : y + side, x : x + side] = np.asarray(hi.reduce(f), dtype=np.float32) / 255
-        canvas.paint(glyph, (1.0, 1.0, 1.0))
+        canvas.paint(glyph, (self.BADGE + (1.0 - self.BADGE) * self.salience,) * 3)
         return [], {"watermark": name, "watermark_box": f"{x},{y},{side},{side}"}
 
 
@@ -419,7 +554,10 @@ class SynthConfig:
     ``correlation`` is P(cue agrees with the label); ``1 / len(classes)`` makes the cue independent
     of the label, ``0`` always shows another class's cue (the reversed split). Image ``i`` depends
     only on ``(seed, split, i)`` and the other fields, so a dataset grows by raising ``n`` (or by a
-    later ``start``) without touching the images already written.
+    later ``start``) without touching the images already written. ``salience``, ``backdrop`` and
+    ``edge_blur`` (see the module docstring) were added later: at their defaults they leave the
+    rendering, :meth:`key` and :meth:`stream` exactly what they were, so older folders and cached
+    models stay valid.
     """
 
     cue: str
@@ -431,6 +569,9 @@ class SynthConfig:
     split: str = "audit"
     image_format: Literal["png", "jpg"] = "png"
     start: int = 0
+    salience: float = 1.0
+    backdrop: Backdrop = "texture"
+    edge_blur: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -452,17 +593,34 @@ class SynthConfig:
             raise SynthError(f"image_format must be 'png' or 'jpg', got {self.image_format!r}")
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.split):
             raise SynthError(f"split must be a file-name-safe word ([A-Za-z0-9_-]), got {self.split!r}")
+        if isinstance(self.salience, bool) or not 0.0 < float(self.salience) <= 1.0:
+            raise SynthError(f"salience must be in (0, 1], got {self.salience!r}")
+        if self.backdrop not in BACKDROPS:
+            raise SynthError(f"backdrop must be one of {', '.join(BACKDROPS)}, got {self.backdrop!r}")
+        if isinstance(self.edge_blur, bool) or not 0.0 <= float(self.edge_blur) <= self.size / 16:
+            raise SynthError(f"edge_blur must be a sigma in px in [0, size / 16], got {self.edge_blur!r}")
 
     def image_id(self, index: int) -> str:
         return f"{self.split}_{index:06d}"
 
+    def key(self) -> dict[str, object]:
+        """Every field, minus the later ones left at their defaults (so old keys and hashes still match)."""
+        d = asdict(self)
+        for name, default in _LATER_DEFAULTS.items():
+            if d[name] == default:
+                d.pop(name)
+        return d
+
     def stream(self) -> dict[str, object]:
         """The fields that decide image ``i`` (everything but ``n`` and ``start``)."""
-        d = asdict(self)
+        d = self.key()
         d.pop("n")
         d.pop("start")
         d["classes"] = list(self.classes)
         return d
+
+
+_LATER_DEFAULTS: dict[str, object] = {"salience": 1.0, "backdrop": "texture", "edge_blur": 0.0}
 
 
 # --------------------------------------------------------------------------------------- rendering
@@ -481,10 +639,11 @@ class Scene:
     attributes: dict[str, str]
 
 
-def _rngs(cfg: SynthConfig, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+def _rngs(cfg: SynthConfig, index: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+    """Object, cue and backdrop streams; the third one is only drawn from for photo backdrops."""
     split_key = int.from_bytes(hashlib.sha256(cfg.split.encode()).digest()[:4], "little")
     base = [cfg.seed, split_key, index]
-    return np.random.default_rng(base + [0]), np.random.default_rng(base + [1])
+    return tuple(np.random.default_rng(base + [s]) for s in range(3))  # type: ignore[return-value]
 
 
 def _place_target(rng: np.random.Generator, kind: str, size: int, keep_free: tuple[Box, ...]) -> Shape:
@@ -505,18 +664,22 @@ def _place_target(rng: np.random.Generator, kind: str, size: int, keep_free: tup
 
 def render(cfg: SynthConfig, index: int) -> Scene:
     """Draw image ``index`` of ``cfg``'s stream (deterministic in ``(cfg.seed, cfg.split, index)``)."""
-    cue = CUES.get(cfg.cue)()
+    cue = CUES.get(cfg.cue)(cfg.salience)
     k = len(cfg.classes)
-    obj_rng, cue_rng = _rngs(cfg, index)
+    obj_rng, cue_rng, backdrop_rng = _rngs(cfg, index)
     label_k = index % k
     aligned = bool(cue_rng.random() < cfg.correlation)
     cue_k = label_k if aligned else (label_k + 1 + int(cue_rng.integers(k - 1))) % k
     hue = cue.hue(cue_rng, cue_k, k)
     bg_rgb = colorsys.hsv_to_rgb(hue, cue_rng.uniform(0.45, 0.75), cue_rng.uniform(0.4, 0.7))
     background = textured_background(cue_rng, cfg.size, bg_rgb)
+    backdrop = cfg.backdrop if cfg.backdrop != "mixed" else ("photo" if backdrop_rng.random() < 0.5 else "texture")
+    if backdrop == "photo":
+        background = photo_background(backdrop_rng, cfg.size, bg_rgb)
+    background = cue.backdrop(background, cue_rng, cue_k, k)
     label = cfg.classes[label_k]
     for _ in range(50):
-        canvas = Canvas(background)
+        canvas = Canvas(background, cfg.edge_blur)
         target = canvas.add(label, _place_target(obj_rng, label, cfg.size, cue.keep_free(cfg.size)), _object_colour(obj_rng, bg_rgb))
         drawn = cue.draw(canvas, cue_rng, cue_k)
         if drawn is not None:
@@ -529,6 +692,7 @@ def render(cfg: SynthConfig, index: int) -> Scene:
         "cue_class": cfg.classes[cue_k],
         "cue_aligned": "yes" if aligned else "no",
         "background_hue": f"{hue:.3f}",
+        **({"backdrop": backdrop} if cfg.backdrop != "texture" else {}),
         **cue_attrs,
     }
     mask = Image.fromarray(target.mask.astype(np.uint8) * 255, "L")
@@ -577,10 +741,13 @@ def _previous_ranges(out: Path, cfg: SynthConfig) -> list[list[int]]:
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise SynthError(f"{meta} is not a synth.json written by cueaudit ({e}); generate into an empty folder") from None
     if old.get("version") != SYNTH_VERSION or old_stream != cfg.stream():
-        diff = {k: (old_stream.get(k), v) for k, v in cfg.stream().items() if old_stream.get(k) != v}
+        new_stream = cfg.stream()
+        diff = {k: (old_stream.get(k), new_stream.get(k)) for k in sorted(set(old_stream) | set(new_stream))
+                if old_stream.get(k) != new_stream.get(k)}
         raise SynthError(
             f"{out} holds another synthetic dataset (version {old.get('version')} vs {SYNTH_VERSION}; differs in {diff}); "
-            "grow it only with the same cue/correlation/size/seed/classes/split/image_format, or use another folder"
+            "grow it only with the same cue/correlation/size/seed/classes/split/image_format/salience/backdrop/edge_blur, "
+            "or use another folder"
         )
     return [list(r) for r in ranges]
 
@@ -590,17 +757,20 @@ def generate(out_dir: str | os.PathLike[str], cfg: SynthConfig) -> Path:
 
     Layout: ``images/<class>/<id>.<fmt>`` (ImageFolder), ``masks/<class>/<id>.png`` (target object,
     255 = object), ``coco.json`` (every instance incl. distractors, polygon segmentation),
-    ``manifest.csv`` (image, label, objects, attributes), ``synth.json`` (config, counts, cue note).
+    ``manifest.csv`` (image, label, objects, attributes incl. the oracle ones),
+    ``manifest-public.csv`` (the same without the oracle attributes: what a real dataset could hold),
+    ``synth.json`` (config, counts, cue note).
     Images already present are left byte-identical; the indexes list every image of the folder.
     """
     out = Path(out_dir)
     ranges = _merge(_previous_ranges(out, cfg) + [[cfg.start, cfg.start + cfg.n]])
-    cue = CUES.get(cfg.cue)()
+    cue = CUES.get(cfg.cue)(cfg.salience)
     categories = list(cfg.classes) + list(cue.categories(cfg.classes))
     cat_ids = {c: i + 1 for i, c in enumerate(categories)}
     coco_images: list[dict[str, object]] = []
     coco_anns: list[dict[str, object]] = []
     rows: list[tuple[str, str, str, str]] = []
+    public: list[tuple[str, str, str, str]] = []
     counts: Counter[tuple[str, str]] = Counter()
     written = 0
     for a, b in ranges:
@@ -625,8 +795,10 @@ def generate(out_dir: str | os.PathLike[str], cfg: SynthConfig) -> Path:
                     "area": float(inst.area),
                     "iscrowd": 0,
                 })
-            rows.append((rel_image, scene.label, dumps([i.to_ann() for i in scene.instances]),
-                         json.dumps(scene.attributes, separators=(",", ":"))))
+            objects = dumps([i.to_ann() for i in scene.instances])
+            rows.append((rel_image, scene.label, objects, json.dumps(scene.attributes, separators=(",", ":"))))
+            seen = {k: v for k, v in scene.attributes.items() if k in cue.observable}
+            public.append((rel_image, scene.label, objects, json.dumps(seen, separators=(",", ":"))))
             counts[(scene.label, scene.attributes["cue_aligned"])] += 1
     coco = {
         "info": {"description": f"cueaudit synthetic '{cfg.cue}' cue, split {cfg.split}", "version": str(SYNTH_VERSION)},
@@ -638,11 +810,12 @@ def generate(out_dir: str | os.PathLike[str], cfg: SynthConfig) -> Path:
         ],
     }
     _atomic_write(out / "coco.json", json.dumps(coco, separators=(",", ":")).encode())
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("image", "label", "objects", "attributes"))
-    writer.writerows(rows)
-    _atomic_write(out / "manifest.csv", buf.getvalue().encode())
+    for name, table in (("manifest.csv", rows), (PUBLIC_MANIFEST, public)):
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(("image", "label", "objects", "attributes"))
+        writer.writerows(table)
+        _atomic_write(out / name, buf.getvalue().encode())
     meta = {
         "version": SYNTH_VERSION,
         # The whole folder, not this call: ``ranges`` lists the image indices it holds.
@@ -651,7 +824,8 @@ def generate(out_dir: str | os.PathLike[str], cfg: SynthConfig) -> Path:
         "ranges": ranges,
         "n_images": len(rows),
         "counts": {c: {"images": counts[(c, "yes")] + counts[(c, "no")], "cue_aligned": counts[(c, "yes")]} for c in cfg.classes},
-        "cue": {"name": cfg.cue, "note": cue.note, "annotated_categories": list(cue.categories(cfg.classes)),
+        "cue": {"name": cfg.cue, "note": cue.note, "salience": cfg.salience, "salience_note": cue.salience_note,
+                "observable_attributes": list(cue.observable), "annotated_categories": list(cue.categories(cfg.classes)),
                 "per_class": dict(zip(cfg.classes, cue.choices, strict=False)) if cue.choices else None},
     }
     _atomic_write(out / "synth.json", json.dumps(meta, indent=2).encode())

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+from cuebench.synth import BIASED_CORRELATION, DEFAULT_CLASSES, SYNTH_VERSION, Backdrop, SynthConfig, generate
 from pipeline.config import load_model_spec
-from cuebench.synth import BIASED_CORRELATION, DEFAULT_CLASSES, SYNTH_VERSION, SynthConfig, generate
 from workers.archs import ARCHS
 from workers.models import ModelSpec, Preprocess, load_model
 
@@ -333,17 +333,23 @@ def train_cached(
     epochs: int = DEFAULT_EPOCHS,
     batch_size: int = 64,
     lr: float = DEFAULT_LR,
+    salience: float = 1.0,
+    backdrop: Backdrop = "texture",
+    edge_blur: float = 0.0,
 ) -> Path:
     """Generate the ``train`` split of ``cue`` for ``variant`` and train on it, once: returns the model folder.
 
-    The folder name holds a hash of every parameter plus :data:`SYNTH_VERSION` and
-    :data:`TRAIN_VERSION`; it is built in a temporary folder and renamed into place, so a folder
-    that exists is complete. It holds the model files and the training data (``data/``).
+    ``salience``, ``backdrop`` and ``edge_blur`` render the training images as
+    :class:`~cuebench.synth.SynthConfig` does. The folder name holds a hash of every parameter plus
+    :data:`SYNTH_VERSION` and :data:`TRAIN_VERSION`; it is built in a temporary folder and renamed
+    into place, so a folder that exists is complete. It holds the model files and the training data
+    (``data/``).
     """
     corr = variant_correlation(variant, len(classes)) if correlation is None else correlation
-    synth_cfg = SynthConfig(cue=cue, n=train_n, correlation=corr, size=size, seed=seed, classes=tuple(classes), split="train")
+    synth_cfg = SynthConfig(cue=cue, n=train_n, correlation=corr, size=size, seed=seed, classes=tuple(classes),
+                            split="train", salience=salience, backdrop=backdrop, edge_blur=edge_blur)
     params = {
-        "synth": {**asdict(synth_cfg), "version": SYNTH_VERSION},
+        "synth": {**synth_cfg.key(), "version": SYNTH_VERSION},
         "train": {"arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "size": size},
         "train_version": TRAIN_VERSION,
     }

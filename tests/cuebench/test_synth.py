@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cuebench.synth import CUES, SynthConfig, SynthError, generate, render, synth_suite
 from common.annotations import loads
 from common.registry import RegistryError
+from cuebench.synth import (
+    CUES,
+    PUBLIC_MANIFEST,
+    SynthConfig,
+    SynthError,
+    gaussian_blur,
+    generate,
+    render,
+    synth_suite,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,8 +38,8 @@ def _mask_path(root: Path, image: str) -> Path:
     return root / "masks" / rel.parent / (rel.stem + ".png")
 
 
-def _manifest(root: Path) -> list[dict[str, str]]:
-    with open(root / "manifest.csv", newline="") as f:
+def _manifest(root: Path, name: str = "manifest.csv") -> list[dict[str, str]]:
+    with open(root / name, newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -140,7 +150,7 @@ def test_manifest_objects_and_attributes(dataset: Path) -> None:
         assert objects[0].category == row["label"] and objects[0].kind == "polygons"
         assert attrs["cue"] == cue and attrs["cue_aligned"] in ("yes", "no")
         assert all(isinstance(v, str) and len(v) <= 32 for v in attrs.values())
-        if cue == "cooccur":  # the distractor is an annotated object of its own category
+        if cue in ("cooccur", "keyboard"):  # the distractor is an annotated object of its own category
             assert [o.category for o in objects[1:]] == [attrs["distractor"]]
             assert attrs["distractor"] == meta["cue"]["per_class"][attrs["cue_class"]]
         else:
@@ -166,8 +176,14 @@ def test_synth_suite_splits(tmp_path: Path) -> None:
 
 
 def test_bad_configs_name_the_problem(tmp_path: Path) -> None:
-    with pytest.raises(RegistryError, match="valid names: background, cooccur, watermark"):
-        SynthConfig(cue="texture", n=1, correlation=0.5)
+    with pytest.raises(RegistryError, match="valid names: background, cooccur, keyboard, texture, watermark"):
+        SynthConfig(cue="logo", n=1, correlation=0.5)
+    with pytest.raises(SynthError, match="salience"):
+        SynthConfig(cue="background", n=1, correlation=0.5, salience=0.0)
+    with pytest.raises(SynthError, match="backdrop"):
+        SynthConfig(cue="background", n=1, correlation=0.5, backdrop="beach")  # type: ignore[arg-type]
+    with pytest.raises(SynthError, match="edge_blur"):
+        SynthConfig(cue="background", n=1, correlation=0.5, edge_blur=-1.0)
     with pytest.raises(SynthError, match="correlation"):
         SynthConfig(cue="background", n=1, correlation=1.5)
     with pytest.raises(SynthError, match="split"):
@@ -188,3 +204,175 @@ def test_four_classes_render() -> None:
 def test_synth_imports_no_torch() -> None:
     code = "import sys, cuebench.synth; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT).returncode == 0
+
+
+# ------------------------------------------------------------------------------- later additions
+
+
+def _digest(cfg: SynthConfig, n: int = 3) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in range(n):
+        scene = render(cfg, i)
+        h.update(np.asarray(scene.image).tobytes())
+        h.update(np.asarray(scene.mask).tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("cue", "digest"), [("background", "34f7e80158ec0f68"), ("cooccur", "d0a3eb6e642579b3"),
+                                             ("watermark", "6ec0ba902bf1d994")])
+def test_defaults_draw_what_version_1_drew(cue: str, digest: str) -> None:
+    """The pixels of SYNTH_VERSION 1 (commit 9c1b814): salience, backdrops and soft edges left the
+    default rendering alone, so cached datasets and models stay valid. If this fails on purpose,
+    bump SYNTH_VERSION and update the digests."""
+    cfg = SynthConfig(cue=cue, n=0, correlation=0.6)
+    assert _digest(cfg) == digest
+    assert "salience" not in cfg.key() and "backdrop" not in cfg.stream() and "edge_blur" not in cfg.stream()
+    assert SynthConfig(cue=cue, n=0, correlation=0.6, salience=0.5).stream()["salience"] == 0.5
+
+
+def test_a_later_field_is_part_of_the_stream(tmp_path: Path) -> None:
+    generate(tmp_path, SynthConfig(cue="watermark", n=3, correlation=0.6, salience=0.5))
+    with pytest.raises(SynthError, match="salience"):
+        generate(tmp_path, SynthConfig(cue="watermark", n=6, correlation=0.6))
+
+
+def test_public_manifest_keeps_only_what_a_real_dataset_has(tmp_path: Path) -> None:
+    for cue in ("background", "texture", "keyboard", "watermark"):
+        out = generate(tmp_path / cue, SynthConfig(cue=cue, n=9, correlation=0.6, backdrop="mixed"))
+        full, public = _manifest(out), _manifest(out, PUBLIC_MANIFEST)
+        assert [(r["image"], r["label"], r["objects"]) for r in public] == [(r["image"], r["label"], r["objects"]) for r in full]
+        for f, p in zip(full, public, strict=True):
+            attrs = json.loads(p["attributes"])
+            assert {"cue_aligned", "cue_class", "background_hue", "cue", "backdrop"} <= set(json.loads(f["attributes"]))
+            if cue == "watermark":
+                assert attrs == {"watermark": json.loads(f["attributes"])["watermark"]}
+            else:
+                assert attrs == {}
+
+
+def _background_pixels(scene) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) float image in [0, 1] and the (H, W) mask of pixels at least 3 px from every object."""
+    img = np.asarray(scene.image, dtype=np.float32) / 255
+    near = np.zeros(img.shape[:2], dtype=bool)
+    for inst in scene.instances:
+        near |= inst.mask
+    for _ in range(3):  # dilate by 3 px (4-neighbourhood)
+        near = near | np.roll(near, 1, 0) | np.roll(near, -1, 0) | np.roll(near, 1, 1) | np.roll(near, -1, 1)
+    return img, ~near
+
+
+def _class_separation(cue: str, n: int = 240) -> float:
+    """Largest distance between two cue classes' mean background colours, in pooled within-class SDs."""
+    cfg = SynthConfig(cue=cue, n=0, correlation=1.0, seed=4, backdrop="mixed")
+    means: dict[str, list[np.ndarray]] = {}
+    for i in range(n):
+        scene = render(cfg, i)
+        img, bg = _background_pixels(scene)
+        means.setdefault(scene.attributes["cue_class"], []).append(img[bg].mean(0))
+    cent = {k: np.mean(v, 0) for k, v in means.items()}
+    sd = np.sqrt(np.mean([np.var(v, 0) for v in means.values()], 0)).mean()
+    return max(np.abs(cent[a] - cent[b]).max() for a in cent for b in cent) / sd
+
+
+def test_texture_is_invisible_to_colour_statistics_and_background_colour_is_not() -> None:
+    assert _class_separation("texture") < 0.6  # centroids within sampling noise (SE of a difference ~ 0.16 SD)
+    assert _class_separation("background") > 1.5
+
+
+@pytest.mark.parametrize("salience", [0.3, 1.0])
+def test_texture_stripes_follow_the_cue_class(salience: float) -> None:
+    """The dominant gradient orientation of the background (structure tensor, an independent oracle)
+    is the cue class's stripe angle k * 180 / 3 degrees."""
+    cfg = SynthConfig(cue="texture", n=0, correlation=0.5, seed=2, salience=salience)
+    for i in range(12):
+        scene = render(cfg, i)
+        img, bg = _background_pixels(scene)
+        grey = img.mean(-1)
+        gy, gx = np.gradient(grey)
+        jxx, jyy, jxy = (gx * gx)[bg].sum(), (gy * gy)[bg].sum(), (gx * gy)[bg].sum()
+        angle = math.degrees(0.5 * math.atan2(2 * jxy, jxx - jyy)) % 180
+        want = cfg.classes.index(scene.attributes["cue_class"]) * 60
+        assert min(abs(angle - want), 180 - abs(angle - want)) < 12, (i, angle, want)
+
+
+def test_keyboard_sits_beside_the_target() -> None:
+    cfg = SynthConfig(cue="keyboard", n=0, correlation=0.6, seed=5)
+    free = SynthConfig(cue="cooccur", n=0, correlation=0.6, seed=5)
+
+    def gap(c: SynthConfig, i: int) -> float:
+        target, distractor = render(c, i).instances
+        ty, tx = np.nonzero(target.mask)
+        dy, dx = np.nonzero(distractor.mask)
+        return float(np.sqrt((tx[:, None] - dx[None]) ** 2 + (ty[:, None] - dy[None]) ** 2).min())
+
+    beside = [gap(cfg, i) for i in range(20)]
+    anywhere = [gap(free, i) for i in range(20)]
+    # A 2 px margin between the boxes, then as close as there is room; the pattern's own gaps add a few px.
+    assert min(beside) >= 2 and np.median(beside) <= 6 and max(beside) <= 10, beside
+    assert np.median(anywhere) > np.median(beside) + 3, anywhere
+
+
+def test_salience_scales_each_cue() -> None:
+    k = 3
+    for sal in (0.25, 1.0):
+        cfg = SynthConfig(cue="background", n=0, correlation=0.5, salience=sal)
+        for i in range(9):
+            scene = render(cfg, i)
+            want = sal * cfg.classes.index(scene.attributes["cue_class"]) / k
+            hue = float(scene.attributes["background_hue"])
+            assert min(abs(hue - want), 1 - abs(hue - want)) <= 0.031
+    sizes = {}
+    for sal in (0.4, 1.0):
+        cfg = SynthConfig(cue="cooccur", n=0, correlation=0.5, salience=sal)
+        sizes[sal] = np.mean([render(cfg, i).instances[1].shape.bounds()[2] - render(cfg, i).instances[1].shape.bounds()[0]
+                              for i in range(10)])
+    assert sizes[0.4] / sizes[1.0] == pytest.approx(0.7, abs=0.08)
+    glyph = {}
+    for sal in (0.5, 1.0):
+        scene = render(SynthConfig(cue="watermark", n=0, correlation=0.5, salience=sal), 0)
+        x, y, w, h = (int(v) for v in scene.attributes["watermark_box"].split(","))
+        glyph[sal] = (w, np.asarray(scene.image.convert("L"), dtype=np.float32)[y : y + h, x : x + w].max())
+    assert glyph[0.5][0] < glyph[1.0][0] and glyph[0.5][1] < 0.65 * glyph[1.0][1]
+
+
+def test_soft_edges_keep_the_half_coverage_mask(tmp_path: Path) -> None:
+    from pycocotools import mask as mask_utils
+
+    sharp = SynthConfig(cue="background", n=0, correlation=0.6, seed=1)
+    soft = SynthConfig(cue="background", n=0, correlation=0.6, seed=1, edge_blur=1.0)
+    for i in range(6):
+        a, b = render(sharp, i), render(soft, i)
+        ma, mb = np.asarray(a.mask) > 0, np.asarray(b.mask) > 0
+        assert (ma & mb).sum() / (ma | mb).sum() > 0.9  # same object, same 0.5 level (corners round off)
+        poly = b.instances[0].shape.coco_polygons()
+        rles = mask_utils.frPyObjects([list(r) for r in poly], 64, 64)
+        pm = mask_utils.decode(mask_utils.merge(rles)) > 0
+        assert (pm & mb).sum() / (pm | mb).sum() > 0.88
+        # The edge is wider: more pixels strictly between background and object colour.
+        def partial(scene) -> int:
+            img = np.asarray(scene.image, dtype=np.float32)
+            inside = np.median(img[np.asarray(scene.mask) > 0], axis=0)
+            d = np.linalg.norm(img - inside, axis=-1)
+            return int(((d > 20) & (d < 0.6 * np.percentile(d, 90))).sum())
+        assert partial(b) > partial(a)
+    blurred = gaussian_blur(np.pad(np.ones((4, 4), np.float32), 6), 1.0)
+    assert blurred.sum() == pytest.approx(16.0, rel=1e-5) and blurred.max() < 1.0
+
+
+def test_photo_backdrops_are_crops_of_the_bundled_photos_tinted_by_the_cue() -> None:
+    cfg = SynthConfig(cue="background", n=0, correlation=1.0, seed=3, backdrop="photo")
+    tex = SynthConfig(cue="background", n=0, correlation=1.0, seed=3)
+    for i in range(6):
+        scene, plain = render(cfg, i), render(tex, i)
+        assert scene.attributes["backdrop"] == "photo" and "backdrop" not in plain.attributes
+        img, bg = _background_pixels(scene)
+        ref, ref_bg = _background_pixels(plain)
+        # Same colour (the cue), other structure: photo edges are stronger than the procedural shading's.
+        assert np.abs(img[bg].mean(0) - ref[ref_bg].mean(0)).max() < 0.08
+        edges = lambda im, m: np.abs(np.diff(im.mean(-1), axis=1))[m[:, 1:]].mean()
+        assert edges(img, bg) > edges(ref, ref_bg)
+    kinds = {render(SynthConfig(cue="texture", n=0, correlation=0.5, backdrop="mixed"), i).attributes["backdrop"]
+             for i in range(12)}
+    assert kinds == {"photo", "texture"}

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
+from common.registry import RegistryError
 from cuebench.synth import CUES, SynthConfig, generate
 from cuebench.train import TrainError, evaluate, spec_from_yaml, train, train_cached
 from workers.archs import ARCHS, tiny_resnet
 from workers.models import ModelSpec, Preprocess, load_model
-from common.registry import RegistryError
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +86,16 @@ def test_train_cached_hits_the_second_time(model_cache: Path) -> None:
     assert train_cached(model_cache, "watermark", "fair", seed=5, **{**kw, "epochs": 2}) != first
     assert not [p for p in model_cache.iterdir() if p.name.startswith(".tmp")]
     assert (first / "data" / "synth.json").is_file() and (first / "cache.json").is_file()
+
+
+def test_train_cached_renders_the_scenario_options(model_cache: Path) -> None:
+    kw = {"train_n": 24, "epochs": 1, "batch_size": 8}
+    plain = train_cached(model_cache, "texture", "biased", seed=6, **kw)
+    soft = train_cached(model_cache, "texture", "biased", seed=6, salience=0.5, backdrop="mixed", edge_blur=1.0, **kw)
+    assert soft != plain
+    cfg = json.loads((soft / "data" / "synth.json").read_text())["config"]
+    assert (cfg["salience"], cfg["backdrop"], cfg["edge_blur"]) == (0.5, "mixed", 1.0)
+    assert not {"salience", "backdrop", "edge_blur"} & set(json.loads((plain / "data" / "synth.json").read_text())["config"])
 
 
 def test_bad_arguments_are_refused(tiny_data: Path, tmp_path: Path) -> None:
