@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) -m bench.verdicts
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline workers dashboard tests bench
+	$(VENV)/bin/ruff check pipeline workers common dashboard cuebench tests bench
 
 clean:
 	rm -rf demo-results .cueaudit test-artifacts .pytest_cache

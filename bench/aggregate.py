@@ -241,13 +241,13 @@ def _dashboard_cold(root: Path, frame: Any = None) -> dict[str, float] | None:
 def run_aggregate_bench(rows: int = 1_000_000, cache: Path = CACHE, reference: bool = True) -> dict[str, Any]:
     """Times reading, the analysis frame, each cue analysis, the whole gate and the dashboard's cold load
     over ``rows`` synthetic results; with ``reference``, the row-by-row implementation too (same frame)."""
-    from tests.bench import reference as ref
     from pipeline import gate
     from pipeline.analysis import cues, evidence
     from pipeline.analysis.frame import ANALYSIS_COLUMNS, load_frame, prepare_frame
     from pipeline.analysis.stats import BOOTSTRAP_MAX_N
     from pipeline.gate import evaluate, stat_options
     from pipeline.schema import read_results
+    from tests.bench import reference as ref
 
     root, built = build_results(rows, cache)
     so = stat_options(gate.GatePolicy())

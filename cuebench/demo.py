@@ -107,7 +107,7 @@ def prepare(work: Path, size: DemoSize, console: Any = None,
 def readme_block(text: str) -> str:
     """The demo's verdict table as README.md holds it (between :data:`README_BEGIN` and :data:`README_END`)."""
     try:
-        head, rest = text.split(README_BEGIN, 1)
+        _, rest = text.split(README_BEGIN, 1)
         body, _ = rest.split(README_END, 1)
     except ValueError:
         raise ValueError(f"README has no demo block ({README_BEGIN} ... {README_END})") from None

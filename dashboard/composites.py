@@ -23,9 +23,9 @@ import numpy as np
 
 from common import counterfactual as cf
 from common.annotations import AnnotationError, loads
-from dashboard.images import UnsafePathError, guard_path
 from common.decode import ImageError, open_image, rasterize
 from common.geometry import Geometry
+from dashboard.images import UnsafePathError, guard_path
 
 
 @dataclass(frozen=True)

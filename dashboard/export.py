@@ -93,8 +93,8 @@ def table(frame: pd.DataFrame, view: ModelView, order: np.ndarray,
             out[c] = [json.dumps(m, sort_keys=True) if m else "" for m in d[c].to_numpy(dtype=object)]
     if review is not None:
         ids = out["image_id"]
-        out["review"] = ids.map(review["decision"]).fillna("") if "decision" in review else ""
-        out["review_note"] = ids.map(review["note"]).fillna("") if "note" in review else ""
+        out["review"] = ids.map(review["decision"]).astype(object).fillna("").astype(str) if "decision" in review else ""
+        out["review_note"] = ids.map(review["note"]).astype(object).fillna("").astype(str) if "note" in review else ""
     return out
 
 

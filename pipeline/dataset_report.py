@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.analysis.cues import associations, colour_cue_class, colour_null
-from pipeline.analysis.evidence import to_jsonable
 from common.annotations import AnnotationError, loads
 from common.decode import ImageError, load_for_model, rasterize
 from common.preprocess import Preprocess
+from pipeline.analysis.cues import associations, colour_cue_class, colour_null
+from pipeline.analysis.evidence import to_jsonable
 
 PROBE = Preprocess(size=(64, 64), resize="resize", crop_pct=1.0)
 

@@ -34,9 +34,9 @@ import numpy as np
 
 from common import counterfactual as cf
 from common.annotations import AnnotationError, loads
+from common.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
 from common.preprocess import Preprocess
 from common.storage import StorageOptions, configure
-from common.decode import DEFAULT_MAX_PIXELS, ImageError, MaskError, load_for_model, probe_jpeg, rasterize
 from workers.faults import INTERNAL, FailureWatch, SystematicFailure, describe, fatal_batch, internal_message
 
 log = logging.getLogger(__name__)

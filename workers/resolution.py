@@ -27,10 +27,10 @@ import pyarrow.compute as pc
 import torch
 
 from common.annotations import AnnotationError, loads
-from common.preprocess import Preprocess
-from workers.cam import finer_layer, resolve_layer
 from common.decode import ImageError, _open, _orientation, rasterize
 from common.geometry import Geometry
+from common.preprocess import Preprocess
+from workers.cam import finer_layer, resolve_layer
 from workers.metrics import MIN_OBJECT_CELLS
 from workers.models import ModelSpec, load_model
 

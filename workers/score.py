@@ -23,9 +23,9 @@ import torch
 
 from common.labelmaps import ClassIndex, label_sets
 from workers.cam import make_cam
+from workers.devdecode import decode_rows
 from workers.embed import COLUMNS as EMBEDDING_COLUMNS
 from workers.embed import embed, projection
-from workers.devdecode import decode_rows
 from workers.faults import INTERNAL, FailureWatch, internal_message
 from workers.metrics import background_color, coarse_map_warning, mass_metrics
 from workers.models import LoadedModel, ModelSpec, load_model

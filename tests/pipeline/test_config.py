@@ -132,8 +132,8 @@ def test_both_maps_is_stored_but_not_fingerprinted(tmp_path):
 
 
 def test_error_kinds_are_every_kind_the_workers_write(tmp_path):
-    from pipeline.schema import ERROR_KINDS, TRANSIENT_ERROR_KINDS
     from common.decode import IMAGE_ERROR_KINDS, MASK_ERROR_KINDS
+    from pipeline.schema import ERROR_KINDS, TRANSIENT_ERROR_KINDS
     from workers.faults import INTERNAL
 
     # unknown_label and no_label come from workers.score; internal from workers.faults

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from common.annotations import loads
 from pipeline.config import CocoDataset, FolderDataset, ManifestDataset, VocDataset
 from pipeline.readers import READERS, ReaderError, read_manifest
 from pipeline.readers.base import mask_roots, minimal_roots
 from pipeline.schema import MANIFEST_SCHEMA
-from common.annotations import loads
 
 
 def _img(p: Path, size=(20, 10)) -> Path:

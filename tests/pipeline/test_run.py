@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from cuebench.synth import SynthConfig, generate
 from pipeline.config import parse_config
 from pipeline.run import run_audit
 from pipeline.schema import RESULT_SCHEMA, part_files, read_results, read_runs
-from cuebench.synth import SynthConfig, generate
 from tests.brokenfiles import EXPECTED, write_broken_folder
 
 pytestmark = pytest.mark.ray

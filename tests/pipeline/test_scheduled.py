@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from cuebench.synth import SynthConfig, generate
 from pipeline.cli import app
 from pipeline.config import parse_config
 from pipeline.gate import evaluate
 from pipeline.run import run_audit
 from pipeline.schema import read_results, read_runs
-from cuebench.synth import SynthConfig, generate
 
 pytestmark = pytest.mark.ray
 TINY = {"source": "python:tests.factories:tiny_cnn", "num_classes": 3, "classes": ["disk", "square", "triangle"],

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from common.annotations import ObjectAnn, dumps
+from common.decode import ImageError, load_for_model, probe_jpeg
 from common.preprocess import Preprocess
 from common.sources import tar_uri
 from tests.brokenfiles import EXPECTED, write_broken_folder
-from common.decode import ImageError, load_for_model, probe_jpeg
 from workers.prepare import PrepareOptions, prepare_one
 
 OPTS = PrepareOptions(Preprocess(size=(32, 32), resize="resize", crop_pct=1.0), max_pixels=4_000_000)

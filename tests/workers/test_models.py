@@ -10,7 +10,14 @@ import torch
 import torchvision
 
 from workers.models import (
-    LITE0_PREPROCESS, SOURCES, ModelLoadError, ModelSpec, Preprocess, load_model, read_state_dict, spec_fingerprint,
+    LITE0_PREPROCESS,
+    SOURCES,
+    ModelLoadError,
+    ModelSpec,
+    Preprocess,
+    load_model,
+    read_state_dict,
+    spec_fingerprint,
 )
 
 

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from common.annotations import ObjectAnn, dumps
+from common.geometry import Geometry
 from pipeline.config import parse_config
 from pipeline.readers import read_manifest
-from common.geometry import Geometry
 from workers.models import ModelSpec, Preprocess
 from workers.resolution import decide_fine_layer, object_areas, sample_rows
 
