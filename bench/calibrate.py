@@ -45,9 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path = a.json or (None if a.quick else Path(doc_mod.JSON_NAME))
     markdown = a.markdown or (None if a.quick else Path("CALIBRATION.md"))
     if json_path is not None:
-        doc = doc_mod.load(json_path)
-        doc["calibration"] = collection
-        doc_mod.write_documents(doc, json_path, markdown, None)
+        doc_mod.store("calibration", collection, json_path, markdown, None)
     return 0
 
 

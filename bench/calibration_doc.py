@@ -437,6 +437,15 @@ def save(doc: dict[str, Any], path: str | os.PathLike[str]) -> None:
     Path(path).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
 
 
+def store(key: str, collection: dict[str, Any], json_path: Path, markdown: Path | None,
+          readme: Path | None) -> None:
+    """Put one grid's ``collection`` under ``key`` (``verdicts`` or ``calibration``) of the JSON,
+    keeping the other, and render the documents from it."""
+    doc = load(json_path)
+    doc[key] = collection
+    write_documents(doc, json_path, markdown, readme)
+
+
 def write_documents(doc: dict[str, Any], json_path: Path, markdown: Path | None, readme: Path | None) -> None:
     save(doc, json_path)
     if markdown is not None:

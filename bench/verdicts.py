@@ -396,9 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     collection = run_grid(grid, a.work, a.policy, a.threads, a.jobs)
     _print_summary(collection)
     if json_path is not None:
-        doc = doc_mod.load(json_path)
-        doc["verdicts"] = collection
-        doc_mod.write_documents(doc, json_path, markdown, readme)
+        doc_mod.store("verdicts", collection, json_path, markdown, readme)
     return 0
 
 
