@@ -280,7 +280,6 @@ def ray_session(address: str | None, num_cpus: int | None, code: Sequence[Path] 
         kwargs["address"] = address
         kwargs["runtime_env"], override = merge_job_env(worker_runtime_env(code, keep_out))
     else:
-        kwargs["address"] = "local"  # a new Ray for this run, even when `ray start` left a cluster on the machine
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
         # "local": a new Ray even when another one runs on this machine (None would join it)

@@ -29,6 +29,7 @@ from workers.embed import embed, projection
 from workers.faults import INTERNAL, FailureWatch, internal_message
 from workers.metrics import background_color, coarse_map_warning, mass_metrics
 from workers.models import LoadedModel, ModelSpec, load_model
+from workers.prepare import unpack_masks
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +301,7 @@ class Scorer:
         for j, i in enumerate(ok):
             k = len(names[j])
             if k:
-                planes[j, :k] = np.frombuffer(batch["masks"][i], np.uint8, count=k * h * w).reshape(k, h, w)
+                planes[j, :k] = unpack_masks(batch["masks"][i], k, h, w)
         m = self._to_device(planes).float() / 255.0
         ht = torch.as_tensor(has_target, device=dev)
         target_mask = torch.where(ht.view(-1, 1, 1), m[:, 0], torch.zeros_like(m[:, 0]))
@@ -335,43 +336,34 @@ class Scorer:
 
         # One device->host copy per tensor.
         cpu = {k: v.detach().float().cpu().numpy() for k, v in {
-            "pred_score": pred_score, "target_score": tgt_score, "object_share": mm.object_share,
-            "object_area": mm.object_area, "object_cells": mm.object_cells, "pointing_hit": mm.pointing_hit,
-            "background_share": mm.background_share, "bg_color": bg, "other_shares": mm.other_shares,
-            "other_areas": mm.other_areas,
-        }.items()}
+            "pred_score": pred_score, "target_score": tgt_score, "bg_color": bg}.items()}
         pred_np = pred.cpu().numpy()
         tgt_np = tgt.cpu().numpy()
         label_np = torch.where(has_label, label_best, -1).cpu().numpy()
         correct_np = torch.where(has_label, correct.float(), float("nan")).cpu().numpy()
-        cam_np = maps.reshape(n, -1).cpu().numpy()
-        ch, cw = maps.shape[1], maps.shape[2]
-        out["cam_h"][ok], out["cam_w"][ok] = ch, cw
-        for key in ("pred_score", "target_score", "object_share", "object_area", "object_cells",
-                    "pointing_hit", "background_share"):
+        for key in ("pred_score", "target_score", "bg_color"):
             out[key][ok] = cpu[key]
-        out["bg_color"][ok] = cpu["bg_color"]
         out["pred_index"][ok] = pred_np
         out["target_index"][ok] = tgt_np
         out["label_index"][ok] = label_np
         out["correct"][ok] = correct_np
+        others = [nm[1:] if t else nm for nm, t in zip(names, has_target, strict=True)]
+        _map_columns(out, ok, others, "", "feature_layer", res.layer.removeprefix(COMPILED_PREFIX), maps, mm,
+                     ("object_share", "object_area", "object_cells", "pointing_hit", "background_share"),
+                     ("other_shares", "other_areas"))
+        out["metric_note"][ok] = mm.reason
         for j, i in enumerate(ok):
             out["pred"][i] = self.classes[pred_np[j]]
             out["target"][i] = self.classes[tgt_np[j]]
-            out["feature_layer"][i] = res.layer.removeprefix(COMPILED_PREFIX)
-            out["cam"][i] = cam_np[j].astype(np.float32).tobytes()
-            others_j = names[j][1:] if has_target[j] else names[j]
-            out["other_shares"][i] = json.dumps({c: _f(cpu["other_shares"][j, q]) for q, c in enumerate(others_j)})
-            out["other_areas"][i] = json.dumps({c: _f(cpu["other_areas"][j, q]) for q, c in enumerate(others_j)})
-            out["metric_note"][i] = mm.reason[j]
             g = json.loads(batch["geometry"][i])
             out["image_w"][i], out["image_h"][i] = g["src_w"], g["src_h"]
             out["view_box"][i] = g["box"]
-        if fine is not None and fm is not None:
-            self._fine_columns(out, ok, names, has_target, fine[0].removeprefix(COMPILED_PREFIX), fine[1], fm)
+        if fine is not None and fm is not None:  # the fine_* columns: the finer map and its metrics, same masks
+            _map_columns(out, ok, others, "fine_", "fine_layer", fine[0].removeprefix(COMPILED_PREFIX), fine[1], fm,
+                         ("object_share", "object_cells", "background_share", "pointing_hit"), ("other_shares",))
         if other_maps is not None:
             for j, m in zip(other_rows.tolist(), other_maps.reshape(len(other_rows), -1).cpu().numpy(), strict=True):
-                out["cam_other"][ok[j]] = m.astype(np.float32).tobytes()
+                out["cam_other"][ok[j]] = m.tobytes()  # float32 already
         for key, e in emb.items():  # float16 bytes per row, None where the pool is undefined
             e_np = e.to(torch.float16).cpu().numpy()
             bad = np.isnan(e_np).any(axis=1)
@@ -385,22 +377,6 @@ class Scorer:
                     out[f"cf_{key}_score"][i] = s_np[j]
                     if key in ("rand", "same"):
                         out[f"cf_{key}_donor"][i] = batch[f"cf_{key}_id"][i]
-
-    def _fine_columns(self, out: dict[str, np.ndarray], ok: np.ndarray, names: list[list[str]],
-                      has_target: np.ndarray, layer: str, maps: torch.Tensor, fm: Any) -> None:
-        """The ``fine_*`` columns: the finer layer's map and its mass metrics (same masks)."""
-        n, fh, fw = maps.shape
-        cam_np = maps.float().reshape(n, -1).cpu().numpy()
-        cpu = {k: getattr(fm, k).detach().float().cpu().numpy() for k in
-               ("object_share", "object_cells", "background_share", "pointing_hit", "other_shares")}
-        out["fine_cam_h"][ok], out["fine_cam_w"][ok] = fh, fw
-        for key in ("object_share", "object_cells", "background_share", "pointing_hit"):
-            out[f"fine_{key}"][ok] = cpu[key]
-        for j, i in enumerate(ok):
-            out["fine_layer"][i] = layer
-            out["fine_cam"][i] = cam_np[j].astype(np.float32).tobytes()
-            others_j = names[j][1:] if has_target[j] else names[j]
-            out["fine_other_shares"][i] = json.dumps({c: _f(cpu["other_shares"][j, q]) for q, c in enumerate(others_j)})
 
     def _other_maps(self, x: torch.Tensor, wrong: torch.Tensor,
                     other: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
@@ -479,6 +455,24 @@ def fill_by_index(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     idx = index.reshape(n, 1, h * w).long()
     filled = flat.gather(2, idx.clamp(min=0).expand(n, c, h * w))
     return torch.where(idx >= 0, filled, flat).reshape(n, c, h, w)
+
+
+def _map_columns(out: dict[str, np.ndarray], ok: np.ndarray, others: list[list[str]], prefix: str, layer_column: str,
+                 layer: str, maps: torch.Tensor, mm: Any, keys: tuple[str, ...], per_object: tuple[str, ...]) -> None:
+    """One map's columns (``prefix`` ``""`` for the CAM layer, ``"fine_"`` for the finer one): its
+    float32 bytes and grid, the layer's name, the metrics ``keys`` and, as JSON keyed by object
+    category (``others``: each row's non-target mask names), the per-object metrics ``per_object``."""
+    n = len(ok)
+    cam_np = maps.float().reshape(n, -1).cpu().numpy()
+    cpu = {k: getattr(mm, k).detach().float().cpu().numpy() for k in (*keys, *per_object)}
+    out[f"{prefix}cam_h"][ok], out[f"{prefix}cam_w"][ok] = maps.shape[1], maps.shape[2]
+    out[layer_column][ok] = layer
+    for key in keys:
+        out[f"{prefix}{key}"][ok] = cpu[key]
+    for j, i in enumerate(ok):
+        out[f"{prefix}cam"][i] = cam_np[j].tobytes()
+        for key in per_object:
+            out[f"{prefix}{key}"][i] = json.dumps({c: _f(cpu[key][j, q]) for q, c in enumerate(others[j])})
 
 
 def _f(v: float) -> float | None:
