@@ -104,7 +104,20 @@ def summary_json(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def meets_targets(s: dict[str, Any]) -> bool:
+    """The point estimates meet the targets (see :func:`targets_text` for what the intervals add)."""
     return bool(s["tpr"].n and s["fpr"].n and s["tpr"].value >= TPR_TARGET and s["fpr"].value <= FPR_TARGET)
+
+
+def targets_text(s: dict[str, Any]) -> str:
+    """Whether the gate meets the targets, as far as the models measured can say: the point estimates,
+    and whether the 95% Wilson intervals confirm them (a few dozen models often cannot)."""
+    if not meets_targets(s):
+        return "misses the targets"
+    tpr_lo, fpr_hi = wilson(s["tpr"].k, s["tpr"].n)[0], wilson(s["fpr"].k, s["fpr"].n)[1]
+    if tpr_lo >= TPR_TARGET and fpr_hi <= FPR_TARGET:
+        return "meets the targets, and the 95% intervals confirm it"
+    return (f"meets the targets in its point estimates; with {s['biased']} biased and {s['fair']} fair models the "
+            f"95% intervals (TPR from {tpr_lo:.2f}, FPR up to {fpr_hi:.2f}) are too wide to confirm them")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,15 +185,14 @@ def readme_table(doc: dict[str, Any]) -> str:
     """The README block: per-family TPR/FPR on the held-out seeds, and the overall rates with CIs."""
     c = doc["verdicts"]
     s = summarise(c["models"])
-    met = "meets" if meets_targets(s) else "misses"
     lines = [
         (f"Held-out seeds {_seeds(c)}, {c['policy']} policy, {len(c['models'])} models "
         f"({'quick grid' if c['grid']['quick'] else 'full grid'}; CALIBRATION.md has the details):"),
         "",
         *rates_table(c),
         "",
-        (f"TPR {s['tpr'].fmt()}, FPR {s['fpr'].fmt()}: this {met} the targets "
-        f"(TPR ≥ {TPR_TARGET}, FPR ≤ {FPR_TARGET})."),
+        (f"TPR {s['tpr'].fmt()}, FPR {s['fpr'].fmt()}; targets TPR ≥ {TPR_TARGET}, FPR ≤ {FPR_TARGET}: the gate "
+         f"{targets_text(s)}."),
     ]
     return "\n".join(lines)
 
@@ -241,9 +253,8 @@ def verdict_section(c: dict[str, Any], title: str) -> list[str]:
     rows = c["models"]
     s = summarise(rows)
     out = [f"## {title}", "", *_setup(c), "", _minority(c), "", *rates_table(c), ""]
-    met = meets_targets(s)
     out.append(f"Overall TPR {s['tpr'].fmt()} (target ≥ {TPR_TARGET}); FPR {s['fpr'].fmt()} (target ≤ {FPR_TARGET}). "
-               f"The gate {'meets' if met else 'misses'} the targets on these seeds. Biased models that FAIL at all "
+               f"On these seeds the gate {targets_text(s)}. Biased models that FAIL at all "
                f"(any check): {s['biased_any_fail'].fmt()}; biased models left at WARN: {s['biased_warn'].short()}; "
                f"fair models at WARN (passes the gate): {s['fair_warn'].short()}.")
     out += ["", "By strength (all families):", "", "| strength | verified biased | TPR | verified fair | FPR | ambiguous |",
