@@ -18,6 +18,7 @@ from pipeline.triage import (
     ReviewError,
     ReviewStore,
     default_reviewer,
+    finding_subject,
     summarise,
 )
 
@@ -85,7 +86,7 @@ def image_review_form(ctx: Ctx, model: str, image_id: str, fingerprint: str, sta
 def finding_review_form(ctx: Ctx, model: str, fingerprint: str, check: Any, state: pd.DataFrame) -> None:
     """A check's review form (the whole check or one finding); ``state`` is
     :func:`pipeline.triage.mark_state` of the model's findings."""
-    subjects = [check.check, *[f"{check.check}/{f.scope}" for f in check.findings]]
+    subjects = [finding_subject(check.check), *[finding_subject(check.check, f.scope) for f in check.findings]]
     key = f"finding_{check.check}"
     if st.session_state.get(f"{key}_subject") not in subjects:
         st.session_state[f"{key}_subject"] = subjects[0]

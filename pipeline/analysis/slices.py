@@ -31,7 +31,7 @@ when positive, worse when negative. It is context (INFO), not judged.
 
 Deterministic for a seed; vectorised over images (mixtures are fitted for chunks of classes at once
 on padded arrays; nothing loops over rows in Python), and the fit uses at most ``max_fit`` images
-per class: a million rows in 1,000 classes take 19 s on two busy cores (BENCHMARKS.md, section 6).
+per class: a million rows in 1,000 classes take 19 s on two busy cores (BENCHMARKS.md, section 7).
 
 >>> ev, members = discover(frame, load_embeddings("results", "resnet50"), StatOptions())  # doctest: +SKIP
 >>> [(s.label, s.gap.fmt(), s.description[:2]) for s in ev.slices[:1]]                      # doctest: +SKIP
@@ -46,7 +46,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -565,9 +564,7 @@ def _describe(d: pd.DataFrame, code: np.ndarray, key: np.ndarray, kk: int,
             share, rest = h / n_key[k], (per_class[(cj[0], t)] - h) / max(rest_n, 1.0)
             if share - rest >= 0.2:
                 out[cj][0].append(f"{t}: {share:.0%} (rest of the class {rest:.0%})")
-    bs = d.background_share.to_numpy(dtype=np.float64) if "background_share" in d else np.full(len(d), np.nan)
-    osh = d.object_share.to_numpy(dtype=np.float64) if "object_share" in d else np.full(len(d), np.nan)
-    numbers = {"off_object_mass": ("off-object CAM mass", np.where(np.isfinite(bs), bs, 1.0 - osh)),
+    numbers = {"off_object_mass": ("off-object CAM mass", off_object_mass(d)),
                "object_area": ("object area", d.object_area.to_numpy(dtype=np.float64) if "object_area" in d
                                else np.full(len(d), np.nan))}
     for name, (what, v) in numbers.items():
@@ -631,17 +628,22 @@ def _hex(rgb: np.ndarray) -> str:
 # Spuriosity rankings
 
 
+def off_object_mass(d: pd.DataFrame) -> np.ndarray:
+    """Per row, the CAM mass off the labelled object: ``background_share``, else ``1 - object_share``."""
+    nan = np.full(len(d), np.nan)
+    bs = d.background_share.to_numpy(dtype=np.float64) if "background_share" in d else nan
+    osh = d.object_share.to_numpy(dtype=np.float64) if "object_share" in d else nan
+    return np.where(np.isfinite(bs), bs, 1.0 - osh)
+
+
 def _spuriosity(d: pd.DataFrame, code: np.ndarray, classes: list[str], z: np.ndarray, fit: np.ndarray,
                 correct: np.ndarray, slices: list[Slice], fitted: dict[int, _Params], so: StatOptions,
                 opts: SliceOptions) -> list[Spuriosity]:
     out = []
-    bs = d.background_share.to_numpy(dtype=np.float64) if "background_share" in d else np.full(len(d), np.nan)
-    osh = d.object_share.to_numpy(dtype=np.float64) if "object_share" in d else np.full(len(d), np.nan)
-    off = np.where(np.isfinite(bs), bs, 1.0 - osh)
-    out += _ranked(off, code, classes, correct, "off_object_mass", so, opts)
+    out += _ranked(off_object_mass(d), code, classes, correct, "off_object_mass", so, opts)
     index = {c: i for i, c in enumerate(classes)}
     direction = np.full((len(classes), z.shape[1]), np.nan, dtype=z.dtype)
-    for s in slices:  # the first reported slice of each class (the largest fit-half gap): its mean minus
+    for s in slices:  # the first reported slice of each class (the top-ranked one): its mean minus
         c = index[s.label]  # the class's, both from the fitted mixture (no pass over the rows)
         if c in fitted and not np.isfinite(direction[c]).all():
             p = fitted[c]
@@ -710,10 +712,3 @@ def markdown_lines(ev: SliceEvidence, statuses: dict[str, str], limit: int = 5) 
     if len(flagged) > limit:
         lines.append(f"  - ... {len(flagged) - limit} more flagged slices")
     return lines
-
-
-def to_records(ev: SliceEvidence) -> list[dict[str, Any]]:
-    """The slices as flat rows (the dashboard's table)."""
-    return [{"slice": s.scope, "class": s.label, "cluster": s.cluster, "images": s.size, "held out": s.held_out,
-             "accuracy": s.accuracy.value, "rest": s.rest.value, "gap": s.gap.fmt(), "gap_value": s.gap.value,
-             "description": "; ".join(s.description)} for s in ev.slices]
