@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from pipeline.analysis.frame import differs, example_ids, narrow
 from pipeline.analysis.stats import NAN, Estimate
 
 if TYPE_CHECKING:
@@ -54,16 +55,13 @@ def context_ablation(df: pd.DataFrame, aligned: np.ndarray, so: StatOptions) -> 
         return ContextAblationEvidence()
     aligned = np.asarray(aligned, dtype=bool)
     both = aligned & df.cf_ctx_pred.notna().to_numpy() & df.cf_ctrl_pred.notna().to_numpy()
-    d = df[[c for c in ABLATION_COLUMNS if c in df.columns]][both]
+    d = narrow(df, both, ABLATION_COLUMNS)
     if d.empty:
         return ContextAblationEvidence()
-    pred = d.pred.to_numpy(dtype=object)
-    flip_ctx = (d.cf_ctx_pred.to_numpy(dtype=object) != pred).astype(float)
-    flip_ctrl = (d.cf_ctrl_pred.to_numpy(dtype=object) != pred).astype(float)
+    flip_ctx = differs(d.cf_ctx_pred, d.pred).astype(float)
+    flip_ctrl = differs(d.cf_ctrl_pred, d.pred).astype(float)
     target = d.target_score.to_numpy(dtype=float)
     flipped = d[(flip_ctx > 0.5) & (flip_ctrl < 0.5)]
-    if "pred_score" in flipped:
-        flipped = flipped.sort_values("pred_score", ascending=False)
     return ContextAblationEvidence(
         n=len(d),
         flip_context=so.rate(flip_ctx),
@@ -71,5 +69,5 @@ def context_ablation(df: pd.DataFrame, aligned: np.ndarray, so: StatOptions) -> 
         context_gap=so.paired_rate_diff(flip_ctx, flip_ctrl),
         drop_context=so.mean(target - d.cf_ctx_score.to_numpy(dtype=float)),
         drop_control=so.mean(target - d.cf_ctrl_score.to_numpy(dtype=float)),
-        examples=[str(x) for x in flipped.image_id.head(so.examples)],
+        examples=example_ids(flipped, "pred_score", so.examples, ascending=False),
     )

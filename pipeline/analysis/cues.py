@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.analysis.ablation import ABLATION_COLUMNS, ContextAblationEvidence, context_ablation
+from pipeline.analysis.frame import differs, example_ids, narrow
 from pipeline.analysis.stats import (
     NAN,
     Estimate,
@@ -76,29 +77,6 @@ class StatOptions:
     def paired_rate_diff(self, a: Any, b: Any) -> Estimate:
         """rate(a) - rate(b) on the same images, Newcombe's paired interval."""
         return paired_rate_diff_ci(a, b, self.conf)
-
-
-def _examples(df: pd.DataFrame, order: str | None, k: int, ascending: bool = True) -> list[str]:
-    if df.empty:
-        return []
-    d = df.sort_values(order, ascending=ascending) if order and order in df else df
-    return [str(x) for x in d["image_id"].head(k)]
-
-
-def _narrow(df: pd.DataFrame, mask: pd.Series | np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
-    """``df[mask]`` restricted to ``columns`` (those present): row-filtering a million-row frame copies
-    every column, so the analyses select what they read first."""
-    return df[[c for c in columns if c in df.columns]][mask]
-
-
-def _differs(a: pd.Series, b: pd.Series) -> np.ndarray:
-    """``a != b`` per row as Python compares the values: a missing value differs from everything.
-
-    Pandas' own comparison does exactly that for ``str`` columns, without a Python object per row.
-    """
-    if all(isinstance(x.dtype, pd.StringDtype) and x.dtype.na_value is not pd.NA for x in (a, b)):
-        return (a != b).to_numpy(dtype=bool)  # missing is NaN there, and NaN != anything, as in Python
-    return a.to_numpy(dtype=object) != b.to_numpy(dtype=object)
 
 
 def _entries(cells: Sequence[Any]) -> tuple[np.ndarray, list[Any], list[Any]]:
@@ -237,7 +215,7 @@ def bg_colours(cells: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def background_colour(df: pd.DataFrame, so: StatOptions) -> BgColourEvidence:
     cols = ("label", "correct", "pred", "pred_score", "background_share", "image_id", "bg_color")
-    d = _narrow(df, df.scored & df.label.notna() & df.correct.notna(), cols)
+    d = narrow(df, df.scored & df.label.notna() & df.correct.notna(), cols)
     ok, rgb = bg_colours(d.bg_color.to_numpy())
     d = d[ok]
     if len(d) < 2 or d.label.nunique() < 2:
@@ -265,7 +243,7 @@ def background_colour(df: pd.DataFrame, so: StatOptions) -> BgColourEvidence:
         follow_rate=so.rate((d.pred.to_numpy(dtype=object)[conf] == cue[conf]).astype(float)),
         bg_share_gap=so.diff(bshare[conf & ~right], bshare[conf & right]),
         centroids={c: [float(v * 255) for v in cent[k]] for k, c in enumerate(classes)},
-        examples=_examples(wrong_conf, "pred_score", so.examples, ascending=False),
+        examples=example_ids(wrong_conf, "pred_score", so.examples, ascending=False),
     )
     return ev
 
@@ -302,7 +280,7 @@ class CooccurrenceEvidence:
 
 def associations(df: pd.DataFrame, min_n: int, min_lift: float = 0.2) -> dict[str, str]:
     """category -> the class it signals: P(class | category present) exceeds the base rate by min_lift."""
-    d = _narrow(df, df.label.notna(), ("label", "other_areas"))
+    d = narrow(df, df.label.notna(), ("label", "other_areas"))
     if d.empty:
         return {}
     rows, cats, _ = _entries(d.other_areas.to_numpy())
@@ -330,7 +308,7 @@ def _associations(label: pd.Series, rows: np.ndarray, cats: list[Any], min_n: in
 def cooccurrence(df: pd.DataFrame, so: StatOptions) -> CooccurrenceEvidence:
     cols = tuple(dict.fromkeys(("label", "correct", "pred_score", "image_id", "other_areas", "other_shares",
                                 *ABLATION_COLUMNS)))
-    d = _narrow(df, df.scored & df.label.notna(), cols)
+    d = narrow(df, df.scored & df.label.notna(), cols)
     if d.empty:
         return CooccurrenceEvidence()
     n = len(d)
@@ -387,7 +365,7 @@ def cooccurrence(df: pd.DataFrame, so: StatOptions) -> CooccurrenceEvidence:
     ev.gap = so.rate_diff(right[aligned], right[conflicting])
     ev.cue_mass = so.mean(own_mass[aligned])
     ev.cue_lift = so.mean(own_lift[aligned])
-    ev.examples = _examples(d[conflicting & (right < 0.5)], "pred_score", so.examples, ascending=False)
+    ev.examples = example_ids(d[conflicting & (right < 0.5)], "pred_score", so.examples, ascending=False)
     ev.context = context_ablation(d, aligned, so)
     return ev
 
@@ -420,7 +398,7 @@ def attribute_gaps(df: pd.DataFrame, so: StatOptions, attributes: list[str] | No
     """Per attribute with 2..max_values values: every (label, value) group's accuracy against the
     same label's other values (Newcombe interval). Comparing within the label keeps a class that is
     merely harder out: its values all do alike, so its gaps are near 0."""
-    d = _narrow(df, df.scored & df.correct.notna() & df.label.notna(),
+    d = narrow(df, df.scored & df.correct.notna() & df.label.notna(),
                 ("label", "correct", "pred_score", "image_id", "attributes"))
     if d.empty:
         return []
@@ -446,7 +424,7 @@ def attribute_gaps(df: pd.DataFrame, so: StatOptions, attributes: list[str] | No
                 label=str(lab), value=str(v), n=n,
                 accuracy=rate_from_counts(k, n, so.conf), rest=rate_from_counts(k_rest, n_rest, so.conf),
                 gap=rate_diff_from_counts(k_rest, n_rest, k, n, so.conf),
-                examples=_examples(wrong_by.get((lab, v), wrong.iloc[:0]), "pred_score", so.examples,
+                examples=example_ids(wrong_by.get((lab, v), wrong.iloc[:0]), "pred_score", so.examples,
                                    ascending=False),
             ))
         out.append(AttributeGap(key, groups))
@@ -479,10 +457,10 @@ def counterfactual(df: pd.DataFrame, so: StatOptions) -> CounterfactualEvidence:
         return CounterfactualEvidence()
     cols = ("pred", "label", "correct", "pred_score", "image_id", "target_score", "cf_fill_pred", "cf_rand_pred",
             "cf_same_pred", "cf_rand_score", "cf_same_score")
-    d = _narrow(df, df.scored & df.cf_rand_pred.notna() & df.cf_same_pred.notna(), cols)
+    d = narrow(df, df.scored & df.cf_rand_pred.notna() & df.cf_same_pred.notna(), cols)
     if d.empty:
         return CounterfactualEvidence()
-    flip = {k: _differs(d[f"cf_{k}_pred"], d.pred).astype(float) for k in ("fill", "rand", "same")}
+    flip = {k: differs(d[f"cf_{k}_pred"], d.pred).astype(float) for k in ("fill", "rand", "same")}
     flip["fill"][d.cf_fill_pred.isna().to_numpy()] = np.nan
     labelled = d.label.notna().to_numpy()
     ev = CounterfactualEvidence(n=len(d), flip_fill=so.rate(flip["fill"]), flip_rand=so.rate(flip["rand"]),
@@ -490,7 +468,7 @@ def counterfactual(df: pd.DataFrame, so: StatOptions) -> CounterfactualEvidence:
     ev.drop_rand = so.mean(d.target_score - d.cf_rand_score)
     ev.drop_same = so.mean(d.target_score - d.cf_same_score)
     if labelled.mean() > 0.5:
-        acc = {k: (~_differs(d[f"cf_{k}_pred"], d.label)).astype(float) for k in ("fill", "rand", "same")}
+        acc = {k: (~differs(d[f"cf_{k}_pred"], d.label)).astype(float) for k in ("fill", "rand", "same")}
         ev.acc_original = so.rate(d.correct)
         ev.acc_fill, ev.acc_rand, ev.acc_same = so.rate(acc["fill"]), so.rate(acc["rand"]), so.rate(acc["same"])
         ev.bg_gap = so.paired_rate_diff(acc["same"][labelled], acc["rand"][labelled])
@@ -502,5 +480,5 @@ def counterfactual(df: pd.DataFrame, so: StatOptions) -> CounterfactualEvidence:
     else:
         ev.bg_gap = so.paired_rate_diff(flip["rand"], flip["same"])
     bad = d[(flip["rand"] > 0.5) & (flip["same"] < 0.5)]
-    ev.examples = _examples(bad, "pred_score", so.examples, ascending=False)
+    ev.examples = example_ids(bad, "pred_score", so.examples, ascending=False)
     return ev

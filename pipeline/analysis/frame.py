@@ -111,3 +111,30 @@ def load_frame(root: str | os.PathLike[str], models: Sequence[str] | None = None
     for col in maps:
         df.insert(t.column_names.index(col), col, map_dicts(t.column(col)))
     return _prepare(df, dicts_done=maps)
+
+
+# Row selection shared by the analyses (cues, ablation)
+
+
+def example_ids(df: pd.DataFrame, order: str | None, k: int, ascending: bool = True) -> list[str]:
+    """The image ids of the first ``k`` rows of ``df`` ordered by ``order`` (when it is a column)."""
+    if df.empty:
+        return []
+    d = df.sort_values(order, ascending=ascending) if order and order in df else df
+    return [str(x) for x in d["image_id"].head(k)]
+
+
+def narrow(df: pd.DataFrame, mask: pd.Series | np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
+    """``df[mask]`` restricted to ``columns`` (those present): row-filtering a million-row frame copies
+    every column, so the analyses select what they read first."""
+    return df[[c for c in columns if c in df.columns]][mask]
+
+
+def differs(a: pd.Series, b: pd.Series) -> np.ndarray:
+    """``a != b`` per row as Python compares the values: a missing value differs from everything.
+
+    Pandas' own comparison does exactly that for ``str`` columns, without a Python object per row.
+    """
+    if all(isinstance(x.dtype, pd.StringDtype) and x.dtype.na_value is not pd.NA for x in (a, b)):
+        return (a != b).to_numpy(dtype=bool)  # missing is NaN there, and NaN != anything, as in Python
+    return a.to_numpy(dtype=object) != b.to_numpy(dtype=object)
