@@ -40,13 +40,12 @@ FAILING = ("FAIL", "ERROR")  # the statuses that fail the gate
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """Wilson score interval of a proportion ``k / n`` (95% by default); ``(nan, nan)`` when n = 0."""
+    from pipeline.analysis.stats import wilson_bounds
+
     if n == 0:
         return math.nan, math.nan
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo, hi = wilson_bounds(k, n, z)
+    return float(lo), float(hi)
 
 
 @dataclass(frozen=True)

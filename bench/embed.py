@@ -214,7 +214,7 @@ def interpret(res: dict[str, Any]) -> str:
             f"runs with the same setting differ by up to {100 * spread:.0f}% here, so "
             f"{'these differences are the shared machine’s load, not the embeddings' if noise else 'the runs show an overhead beyond their spread'}. "
             f"They add {s['bytes_on'] - s['bytes_off']:.0f} bytes per Parquet row ({s['bytes_off']:.0f} without; "
-            "3 pools of 128 float16, compressed)."
+            "the 3 pools of 128 float16 are 768 bytes before Parquet's encoding)."
             + (f" Slice discovery over {res['discovery']['rows']:,} rows in {res['discovery']['classes']:,} classes "
                f"takes {res['discovery']['seconds']:.1f} s (1-min load average {res['discovery']['load_avg']:.1f})."
                if res.get("discovery") else ""))

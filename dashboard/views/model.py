@@ -49,12 +49,12 @@ def _checks(ctx: Ctx, mv) -> None:
     st.subheader("Checks")
     dec = data.decisions(ctx.root)
     fp = data.cached_fingerprints(ctx.root, ctx.ver).get(mv.model, "")
+    state = mark_state(dec, mv.model, fp, kind="finding")
     for r in mv.checks:
         with st.expander(f"{r.status} · {r.title}", expanded=r.status in ("FAIL", "ERROR")):
             st.markdown(f"{badge(r.status)} `{r.check}`: {r.message or '-'}")
             st.caption(f"statistic {r.statistic}; flags when {r.direction} warn {r.warn:g} / fail {r.fail:g} "
                        f"(whole CI beyond); severity {r.severity}")
-            state = mark_state(dec, mv.model, fp, kind="finding")
             if r.findings:
                 f = pd.DataFrame([{"scope": x.scope, "statistic": x.statistic, "estimate": x.estimate.fmt(),
                                    "status": x.status, "review": _review_of(state, f"{r.check}/{x.scope}"),

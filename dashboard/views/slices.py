@@ -87,7 +87,8 @@ def _grid(ctx: Ctx, model: str, s, statuses: dict[str, str]) -> None:
     ids = list(dict.fromkeys([*s.examples, *s.members])) if wrong_first else s.members
     frame = ctx.frame()
     rows = frame[(frame.model == model) & frame.image_id.isin(ids)]
-    rows = rows.set_index("image_id", drop=False).reindex([i for i in ids if i in set(rows.image_id)]).head(GRID)
+    present = set(rows.image_id)
+    rows = rows.set_index("image_id", drop=False).reindex([i for i in ids if i in present]).head(GRID)
     if rows.empty:
         st.info("The slice's images are not in the current results (reload?).")
         return
